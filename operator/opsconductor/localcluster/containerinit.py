@@ -1,0 +1,147 @@
+"""Container init step of the process kubelet (stands in for runc's init).
+
+Run by the kubelet as ``python -I containerinit.py <spec.json>`` with stdout/stderr already going to
+the container log, in a new session. It enters a private mount namespace and a UTS namespace,
+then, in this order:
+
+1. sets the hostname to the pod hostname;
+2. creates missing mount points (only empty directories, or empty files for file bind mounts, are
+   ever created on the host file system) and the working directory;
+3. bind-mounts the volumes (parents first), remounting ``readOnly`` ones read-only, and the
+   per-container termination-log file at ``terminationMessagePath``;
+4. remounts ``/`` read-only for ``readOnlyRootFilesystem`` (after the writable volume binds);
+5. reduces the capability bounding set to the container's capabilities;
+6. switches to the supplementary groups, gid and uid;
+7. sets ``no_new_privs`` when ``allowPrivilegeEscalation: false``;
+8. changes to the working directory and ``execve``\\ s the command with exactly the given environment.
+
+Any failure before ``execve`` is written to the spec's ``errorFile`` and the process exits 128, which
+the kubelet reports as ``StartError`` like a real runtime. Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+START_ERROR_EXIT = 128
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, flags: int) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None, target.encode(), None, ctypes.c_ulong(flags), None
+        ),
+        f"mount {source or ''} -> {target}",
+    )
+
+
+def _ensure_target(source: Path, target: Path) -> None:
+    if source.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+    elif not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch()
+
+
+def _bind(source: str, target: str, read_only: bool) -> None:
+    src, dst = Path(source), Path(target)
+    if not src.exists():
+        raise OSError(f"mount source {source} does not exist")
+    _ensure_target(src, dst)
+    _mount(source, target, MS_BIND | MS_REC)
+    if read_only:
+        _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def _find_executable(name: str, path_env: str) -> str:
+    if "/" in name:
+        return name
+    for d in path_env.split(":"):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise OSError(f'exec: "{name}": executable file not found in $PATH')
+
+
+def run(spec: dict[str, Any]) -> None:
+    """Set the container up as described by ``spec`` and exec its command (never returns)."""
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+    if spec.get("hostname"):
+        socket.sethostname(spec["hostname"])
+    workdir = spec.get("workingDir") or "/"
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    for m in spec.get("mounts", []):
+        _bind(m["source"], m["target"], bool(m.get("readOnly")))
+    tlog = spec.get("terminationLog")
+    if tlog:
+        _bind(tlog["source"], tlog["target"], False)
+    if spec.get("readOnlyRootFilesystem"):
+        _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY)
+    keep = spec.get("capabilities")
+    if keep is not None:
+        last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        for cap in range(last + 1):
+            if cap not in keep:
+                _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
+    os.setgroups([int(g) for g in spec.get("groups", [])])
+    os.setgid(int(spec.get("gid", 0)))
+    os.setuid(int(spec.get("uid", 0)))
+    if spec.get("noNewPrivs"):
+        _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    os.chdir(workdir)
+    env: dict[str, str] = spec["env"]
+    argv: list[str] = spec["argv"]
+    exe = _find_executable(argv[0], env.get("PATH", ""))
+    os.execve(exe, argv, env)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        if e.filename:
+            return f"{e.strerror}: {e.filename}"
+        if len(e.args) == 2 and isinstance(e.args[1], str):
+            return e.args[1]
+        return str(e.args[0]) if e.args else repr(e)
+    return repr(e)
+
+
+def main() -> None:
+    """Entry point: ``containerinit.py <spec.json>``."""
+    with open(sys.argv[1], encoding="utf-8") as f:
+        spec = json.load(f)
+    # Opened while still root (the pod directory may not be reachable by the container user);
+    # close-on-exec, so the container never sees it.
+    error_fd = os.open(spec["errorFile"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        run(spec)
+    except BaseException as e:  # report every failure as a start error
+        os.write(error_fd, f"failed to start container process: {_describe(e)}".encode())
+        os._exit(START_ERROR_EXIT)
+
+
+if __name__ == "__main__":
+    main()
