@@ -5,16 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from opsconductor.api import KINDS
+from opsconductor.localcluster.cluster import KubeletProcess, install_crds
 from opsconductor.localcluster.controlplane import ControlPlane
 from tests.kube import Kubectl
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CRDS_DIR = REPO_ROOT / "crds"
 _namespace_counter = itertools.count()
 
 
@@ -24,13 +21,25 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     plane = ControlPlane(workdir=tmp_path_factory.mktemp("controlplane"))
     plane.start()
     try:
-        admin = Kubectl(plane.binary("kubectl"), plane.admin_kubeconfig)
-        admin.run("apply", "--server-side", "-f", str(CRDS_DIR))
-        crds = [f"crd/{kind.plural}.{kind.group}" for kind in KINDS]
-        admin.run("wait", "--for=condition=Established", "--timeout=60s", *crds)
+        install_crds(plane)
+        timings = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in plane.startup_seconds.items())
+        _cluster_report.append(f"local control plane started: {timings}")
         yield plane
+        memory = ", ".join(f"{name} {kib // 1024} MiB" for name, kib in plane.peak_memory_kib().items())
+        _cluster_report.append(f"local control plane peak RSS: {memory}")
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubelet(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeletProcess]:
+    """The process kubelet, its Node Ready; pods scheduled to it run as local processes."""
+    process = KubeletProcess(control_plane, tmp_path_factory.mktemp("kubelet"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +52,16 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
 def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (without waiting)."""
     name = f"t{os.getpid() % 1000}-{next(_namespace_counter)}-{request.node.name[:30]}".lower()
-    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:63]
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:63].rstrip("-")
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Report how long the control plane took to start and how much memory it used."""
+    for line in _cluster_report:
+        terminalreporter.write_line(line)
+
+
+_cluster_report: list[str] = []

@@ -93,6 +93,16 @@ class ConfigMapKeySelector(ApiModel):
 class LabelSelectorRequirement(ApiModel):
     """A set-based label requirement, as in ``metav1.LabelSelectorRequirement``."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+                "values must be non-empty for operators In and NotIn, and empty for Exists and DoesNotExist",
+                field_path=".values",
+            )
+        )
+    )
+
     key: Annotated[str, Field(min_length=1, max_length=317)]
     """The label key the selector applies to."""
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]

@@ -8,6 +8,7 @@ step type with a message naming it.
 
 from __future__ import annotations
 
+import typing
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -381,6 +382,14 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 
+def step_types() -> list[str]:
+    """Every step ``type`` value, in declaration order."""
+    names: list[str] = []
+    for variant in typing.get_args(typing.get_args(Step)[0]):
+        names.extend(typing.get_args(variant.model_fields["type"].annotation))
+    return names
+
+
 # --- job ------------------------------------------------------------------------------------
 class FailurePolicy(ApiModel):
     """When target failures fail the step (and the job)."""
@@ -438,6 +447,11 @@ class OpsJobSpec(ApiModel):
             cel(
                 "[has(self.target), has(self.targets), has(self.targetSelector)].filter(x, x).size() <= 1",
                 "set at most one of target, targets or targetSelector",
+            ),
+            cel(
+                "self.steps.all(s, !has(s.targets) || !has(s.targetSelector))",
+                "a step takes at most one of targets or targetSelector",
+                field_path=".steps",
             ),
             cel(
                 "self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",

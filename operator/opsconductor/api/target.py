@@ -20,10 +20,11 @@ Protocol = Literal["winrm", "ssh", "http", "sql", "snmp"]
 PROTOCOLS: tuple[Protocol, ...] = ("winrm", "ssh", "http", "sql", "snmp")
 DEFAULT_PORTS: dict[Protocol, int] = {"winrm": 5985, "ssh": 22, "http": 80, "sql": 5432, "snmp": 161}
 
-# A host name (RFC 1123), an IPv4 address or an IPv6 address (optionally in brackets).
+# A host name (RFC 1123), an IPv4 address or an IPv6 address (optionally in brackets). An IPv6
+# address has at least two colons, so "10.0.0.1:22" (a port glued onto the address) is rejected.
 ADDRESS = (
     r"^(([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?)*"
-    r"|\[?[0-9a-fA-F:.]+\]?)$"
+    r"|\[?[0-9a-fA-F.]*:[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?)$"
 )
 # One line of an authorized_keys / known_hosts style public key: "<type> <base64> [comment]".
 SSH_PUBLIC_KEY = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/=]+( .*)?$"

@@ -13,7 +13,7 @@ then, in this order:
 5. reduces the capability bounding set to the container's capabilities;
 6. switches to the supplementary groups, gid and uid;
 7. sets ``no_new_privs`` when ``allowPrivilegeEscalation: false``;
-8. changes to the working directory and ``execve``\\ s the command with exactly the given environment.
+8. changes to the working directory and ``execve`` the command with exactly the given environment.
 
 Any failure before ``execve`` is written to the spec's ``errorFile`` and the process exits 128, which
 the kubelet reports as ``StartError`` like a real runtime. Only the standard library is used.
@@ -51,9 +51,7 @@ def _check(rc: int, what: str) -> None:
 
 def _mount(source: str | None, target: str, flags: int) -> None:
     _check(
-        _libc.mount(
-            source.encode() if source else None, target.encode(), None, ctypes.c_ulong(flags), None
-        ),
+        _libc.mount(source.encode() if source else None, target.encode(), None, ctypes.c_ulong(flags), None),
         f"mount {source or ''} -> {target}",
     )
 

@@ -11,10 +11,12 @@ status subresources, watches, finalizers, garbage collection and RBAC exactly as
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -30,6 +32,17 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-k8s-binaries.sh"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "helm")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGTERM when the process that started it dies.
+
+    Keeps a killed test session or demo from leaving etcd/kube-apiserver running on loopback.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class ControlPlaneError(RuntimeError):
@@ -244,6 +257,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         process = _Process(name, popen, log)
         self._processes.append(process)
@@ -398,12 +412,9 @@ class ControlPlane:
 
     def admin_client(self) -> httpx.Client:
         """An httpx client to the API server authenticated as the admin user."""
-        return httpx.Client(
-            base_url=self.api_url,
-            verify=str(self.ca_file),
-            cert=(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key")),
-            timeout=10,
-        )
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        return httpx.Client(base_url=self.api_url, verify=context, timeout=10)
 
     def peak_memory_kib(self) -> dict[str, int]:
         """Peak resident memory of each running component, in KiB."""

@@ -241,7 +241,7 @@ def expand(value: str, env: Mapping[str, str]) -> str:
                 i += 2
             else:
                 name = value[i + 2 : close]
-                out.append(env[name] if name in env else f"$({name})")
+                out.append(env.get(name, f"$({name})"))
                 i = close + 1
         else:
             out.append("$" + nxt)
@@ -398,8 +398,8 @@ def resolve_resource_ref(
         raw = (resources.get("limits") or {}).get(name)
     if raw is None:
         raw = node_allocatable.get(name, "0") if kind == "limits" else "0"
-    value = Decimal(parse_quantity(str(raw)))
-    div = Decimal(parse_quantity(str(divisor or "1")))
+    value = quantity(str(raw))
+    div = quantity(str(divisor or "1"))
     if div == 0:
         raise ContainerConfigError(f"invalid divisor for {resource}")
     if name == "cpu":  # as the kubelet: compare milli-values, round up
@@ -407,6 +407,11 @@ def resolve_resource_ref(
         div_milli = (div * 1000).to_integral_value(rounding=ROUND_CEILING)
         return str(math.ceil(milli / div_milli))
     return str(math.ceil(value.to_integral_value(rounding=ROUND_CEILING) / div))
+
+
+def quantity(value: str) -> Decimal:
+    """Parse a Kubernetes quantity (``500m``, ``64Gi``, ``1e3``)."""
+    return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
 
 
 def _decode(data: bytes) -> str:
@@ -519,8 +524,8 @@ def build_env(pod: Mapping[str, Any], container: Mapping[str, Any], ctx: EnvCont
             raise ContainerConfigError(f"unsupported valueFrom for env {name}")
         result[name] = value
         mapping_env[name] = value
-    for k, v in ctx.service_env.items():
-        result.setdefault(k, v)
+    for svc_name, svc_value in ctx.service_env.items():
+        result.setdefault(svc_name, svc_value)
     return result
 
 
@@ -652,11 +657,14 @@ def resolve_identity(
             )
         elif not image_uid:
             raise ContainerConfigError(
-                f'container has runAsNonRoot and image will run as root (pod: "{pod_ref}", container: {cname})'
+                "container has runAsNonRoot and image will run as root "
+                f'(pod: "{pod_ref}", container: {cname})'
             )
     if uid is None:
         if image_user_name is not None and image_uid is None:
-            raise CreateContainerError(f"unable to find user {image_user_name}: no matching entries in passwd")
+            raise CreateContainerError(
+                f"unable to find user {image_user_name}: no matching entries in passwd"
+            )
         uid = image_uid or 0
     elif sc.get("runAsUser") is not None:
         found = lookup(str(uid))
@@ -710,7 +718,9 @@ def container_mounts(
     for vm in container.get("volumeMounts") or []:
         name = vm.get("name", "")
         if name not in volume_paths:
-            raise CreateContainerError(f"cannot find volume {name!r} to mount into container {container['name']!r}")
+            raise CreateContainerError(
+                f"cannot find volume {name!r} to mount into container {container['name']!r}"
+            )
         source = Path(volume_paths[name])
         sub = vm.get("subPath") or ""
         if vm.get("subPathExpr"):
@@ -727,7 +737,9 @@ def container_mounts(
 # --------------------------------------------------------------------------------------------
 
 
-def tail_bytes(data: bytes, max_lines: int = FALLBACK_LOG_LINES, max_bytes: int = FALLBACK_LOG_BYTES) -> bytes:
+def tail_bytes(
+    data: bytes, max_lines: int = FALLBACK_LOG_LINES, max_bytes: int = FALLBACK_LOG_BYTES
+) -> bytes:
     """Return the last ``max_lines`` lines of ``data``, at most ``max_bytes`` bytes."""
     lines = data.splitlines(keepends=True)[-max_lines:]
     return b"".join(lines)[-max_bytes:]
@@ -863,7 +875,10 @@ def pod_conditions(
         ready = Condition("ContainersReady", False, "PodCompleted")
     elif unready:
         ready = Condition(
-            "ContainersReady", False, "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]"
+            "ContainersReady",
+            False,
+            "ContainersNotReady",
+            f"containers with unready status: [{' '.join(unready)}]",
         )
     else:
         ready = Condition("ContainersReady", True)
@@ -876,18 +891,66 @@ def pod_conditions(
 # Capabilities
 # --------------------------------------------------------------------------------------------
 
-CAPABILITY_NAMES = (
-    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
-    "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
-    "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE "
-    "AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ "
-    "PERFMON BPF CHECKPOINT_RESTORE"
-).split()
+CAPABILITY_NAMES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+]
 # containerd's default set for unprivileged containers.
-DEFAULT_CAPABILITIES = (
-    "CHOWN DAC_OVERRIDE FSETID FOWNER MKNOD NET_RAW SETGID SETUID SETFCAP SETPCAP NET_BIND_SERVICE "
-    "SYS_CHROOT KILL AUDIT_WRITE"
-).split()
+DEFAULT_CAPABILITIES = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+]
 
 
 def container_capabilities(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[int] | None:

@@ -128,7 +128,11 @@ def downward_api_files(
             elif item.get("resourceFieldRef"):
                 rf = item["resourceFieldRef"]
                 value = resolve_resource_ref(
-                    pod, rf.get("containerName", ""), rf.get("resource", ""), rf.get("divisor"), node_allocatable
+                    pod,
+                    rf.get("containerName", ""),
+                    rf.get("resource", ""),
+                    rf.get("divisor"),
+                    node_allocatable,
                 )
             else:
                 raise VolumeError(f"downward API item {item.get('path')!r} has no fieldRef/resourceFieldRef")
@@ -195,7 +199,12 @@ def volume_files(volume: Mapping[str, Any], pod: Mapping[str, Any], inputs: Volu
         s = volume["secret"]
         name = s.get("secretName", "")
         return key_to_files(
-            inputs.secrets.get(name), s.get("items"), s.get("defaultMode"), bool(s.get("optional")), "secret", name
+            inputs.secrets.get(name),
+            s.get("items"),
+            s.get("defaultMode"),
+            bool(s.get("optional")),
+            "secret",
+            name,
         )
     if volume.get("configMap"):
         c = volume["configMap"]
@@ -221,7 +230,12 @@ def volume_files(volume: Mapping[str, Any], pod: Mapping[str, Any], inputs: Volu
                 name = s.get("name", "")
                 files.update(
                     key_to_files(
-                        inputs.secrets.get(name), s.get("items"), mode, bool(s.get("optional")), "secret", name
+                        inputs.secrets.get(name),
+                        s.get("items"),
+                        mode,
+                        bool(s.get("optional")),
+                        "secret",
+                        name,
                     )
                 )
             elif src.get("configMap"):

@@ -1,0 +1,100 @@
+"""The ``opsconductor`` command line (also usable as ``kubectl opsconductor``).
+
+Subcommands grow with the product; each stays a thin layer over library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from opsconductor.api import API_VERSION, KINDS, Kind
+from opsconductor.api.opsjob import step_types
+
+_KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
+_STEP_TYPES = frozenset(step_types())
+
+
+def iter_documents(paths: list[Path]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """Yield ``(file, index, document)`` for every YAML document in files and directories."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        for file in files:
+            with file.open() as handle:
+                for index, document in enumerate(yaml.safe_load_all(handle)):
+                    if isinstance(document, dict):
+                        yield file, index, document
+
+
+def validate_document(document: dict[str, Any]) -> list[str]:
+    """Validate one manifest against its kind's model offline.
+
+    Args:
+        document: a parsed manifest.
+
+    Returns:
+        Error messages naming the field (empty when valid or not one of our kinds).
+    """
+    kind = _KIND_BY_NAME.get(str(document.get("kind")))
+    if kind is None or document.get("apiVersion") != API_VERSION:
+        return []
+    try:
+        kind.spec.model_validate(document.get("spec") or {})
+    except ValidationError as error:
+        return [f"{field_path(item['loc'])}: {item['msg']}" for item in error.errors()]
+    return []
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """``spec.steps[0].url`` from a pydantic error location (union tags such as ``ssh.exec`` dropped)."""
+    path = "spec"
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in _STEP_TYPES:
+            path += f".{part}"
+    return path
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failures = 0
+    for file, index, document in iter_documents(args.filename):
+        name = f"{document.get('kind')}/{document.get('metadata', {}).get('name', '?')}"
+        errors = validate_document(document)
+        if errors:
+            failures += 1
+            print(f"{file} [{index}] {name}: invalid")
+            for message in errors:
+                print(f"  - {message}")
+        elif args.verbose:
+            print(f"{file} [{index}] {name}: ok")
+    if failures:
+        print(f"{failures} invalid object(s)", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    validate = sub.add_parser("validate", help="validate manifests offline against the API models")
+    validate.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
+    validate.add_argument("-v", "--verbose", action="store_true", help="also list valid objects")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``opsconductor`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

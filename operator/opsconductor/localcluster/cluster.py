@@ -1,0 +1,158 @@
+"""A whole local cluster: the control plane, our CRDs, and a process kubelet running one Node.
+
+Used by the test session fixtures, ``make cluster`` and ``make demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opsconductor.api import KINDS
+from opsconductor.localcluster.controlplane import (
+    REPO_ROOT,
+    ControlPlane,
+    ControlPlaneError,
+    die_with_parent,
+    wait_for,
+)
+
+DEFAULT_NODE = "opsconductor-local"
+DEFAULT_IMAGE_TABLE = Path(__file__).with_name("images.yaml")
+CRDS_DIR = REPO_ROOT / "crds"
+
+
+def admin_kubectl(plane: ControlPlane, *args: str, input: str | None = None) -> str:
+    """Run kubectl as the admin and return stdout.
+
+    Raises:
+        ControlPlaneError: kubectl failed; the message carries its stderr.
+    """
+    result = subprocess.run(
+        [plane.binary("kubectl"), f"--kubeconfig={plane.admin_kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise ControlPlaneError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def install_crds(plane: ControlPlane, timeout: float = 60.0) -> None:
+    """Apply ``crds/`` and wait until every CRD is Established."""
+    admin_kubectl(plane, "apply", "--server-side", "-f", str(CRDS_DIR))
+    crds = [f"crd/{kind.plural}.{kind.group}" for kind in KINDS]
+    admin_kubectl(plane, "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds)
+
+
+@dataclass
+class KubeletProcess:
+    """The process kubelet (``opsconductor.localcluster.kubelet``) as a child process."""
+
+    plane: ControlPlane
+    root_dir: Path
+    node_name: str = DEFAULT_NODE
+    image_table: Path = DEFAULT_IMAGE_TABLE
+    startup_seconds: float = 0.0
+    _popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        """The kubelet's own log."""
+        return self.plane.logs_dir / f"kubelet-{self.node_name}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the kubelet and wait until its Node is Ready."""
+        began = time.monotonic()
+        with self.log.open("ab") as log_file:
+            self._popen = popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "opsconductor.localcluster.kubelet",
+                    f"--kubeconfig={self.plane.node_kubeconfig(self.node_name)}",
+                    f"--node-name={self.node_name}",
+                    f"--root-dir={self.root_dir}",
+                    f"--images={self.image_table}",
+                    f"--api-host={self.plane.api_host}",
+                    f"--api-port={self.plane.api_port}",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+        def node_ready() -> bool:
+            if popen.poll() is not None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+                raise ControlPlaneError(f"process kubelet exited with code {popen.returncode}:\n{tail}")
+            node = json.loads(admin_kubectl(self.plane, "get", "node", self.node_name, "-o", "json"))
+            conditions = node.get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+        wait_for(node_ready, timeout, f"node {self.node_name} to become Ready", interval=0.2)
+        self.startup_seconds = time.monotonic() - began
+
+    def stop(self) -> None:
+        """SIGTERM the kubelet (it kills its pods' processes), SIGKILL after 30 s."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.terminate()
+            try:
+                self._popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        self._popen = None
+
+
+@dataclass
+class LocalCluster:
+    """Control plane + CRDs + process kubelet, all on loopback under ``workdir``."""
+
+    workdir: Path
+    node_name: str = DEFAULT_NODE
+    control_plane: ControlPlane = field(init=False)
+    kubelet: KubeletProcess = field(init=False)
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.control_plane = ControlPlane(workdir=self.workdir / "controlplane")
+        self.kubelet = KubeletProcess(self.control_plane, self.workdir / "kubelet", self.node_name)
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        """Kubeconfig of the cluster admin."""
+        return self.control_plane.admin_kubeconfig
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        """Run kubectl as the admin and return stdout."""
+        return admin_kubectl(self.control_plane, *args, input=input)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start everything; return once the CRDs are established and the Node is Ready."""
+        began = time.monotonic()
+        self.control_plane.start(timeout)
+        self.startup_seconds.update(self.control_plane.startup_seconds)
+        try:
+            crds_began = time.monotonic()
+            install_crds(self.control_plane, timeout)
+            self.startup_seconds["crds"] = time.monotonic() - crds_began
+            self.kubelet.start(timeout)
+            self.startup_seconds["kubelet"] = self.kubelet.startup_seconds
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds["cluster"] = time.monotonic() - began
+
+    def stop(self) -> None:
+        """Stop the kubelet, then the control plane."""
+        self.kubelet.stop()
+        self.control_plane.stop()
