@@ -274,6 +274,7 @@ class _Api:
         )
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        import traceback; log.warning("DEBUG delete %s/%s\n%s", namespace, name, "".join(traceback.format_stack()))
         body = k8s.V1DeleteOptions(grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=uid))
         try:
             self.core.delete_namespaced_pod(

@@ -1,0 +1,1 @@
+"""Protocol handlers, one module per protocol; ``base`` defines the interface they implement."""
