@@ -1,13 +1,16 @@
 """The admission corpus: every manifest in tests/admission/cases must be rejected by the API server.
 
 Each case is applied like a user would (``kubectl apply -f -``: client-side apply with strict
-server-side field validation) into a fresh namespace; the error must name the field and carry the
-message fragment from the case's header. The file format is described in tests/admission/README.md.
+server-side field validation); the error must name the field and carry the message fragment from
+the case's header. CREATE cases share one fresh namespace (a rejected create stores nothing), UPDATE
+cases get a fresh namespace each. The file format is described in tests/admission/README.md.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +72,31 @@ def load_case(path: Path) -> Case:
 CASE_PATHS = sorted(CASES_DIR.glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def shared_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """One namespace for the CREATE cases: they store nothing when rejected (and clean up if not)."""
+    name = f"admission-{os.getpid()}"
+    kubectl.run("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("path", CASE_PATHS, ids=[p.stem for p in CASE_PATHS])
-def test_rejected(path: Path, kubectl: Kubectl, namespace: str) -> None:
+def test_rejected(
+    path: Path, kubectl: Kubectl, shared_namespace: str, request: pytest.FixtureRequest
+) -> None:
     case = load_case(path)
-    kube = kubectl.with_namespace(namespace)
-    if case.before is not None:
+    if case.before is None:
+        kube = kubectl.with_namespace(shared_namespace)
+    else:
+        # UPDATE cases create objects: each gets a fresh namespace.
+        kube = kubectl.with_namespace(request.getfixturevalue("namespace"))
         created = kube.apply(case.before, check=False)
         assert created.returncode == 0, f"{path.name}: the `before` document was rejected:\n{created.stderr}"
     result = kube.apply(case.manifest, check=False)
+    if result.returncode == 0 and case.before is None:
+        kube.run("delete", "-f", "-", "--ignore-not-found", "--wait=false", input=case.manifest, check=False)
     assert result.returncode != 0, f"{path.name} was accepted; it should fail: {case.why}"
     # The path as a whole: "spec.steps[0]" must not be satisfied by "spec.steps[0].name: ...".
     names_field = re.search(re.escape(case.field) + r'[:"]', result.stderr)

@@ -12,10 +12,11 @@ Outcome = Literal["Started", "Succeeded", "Failed", "Cancelled", "Recovered", "D
 
 
 class NotifyRule(ApiModel):
-    """Send a notification to a channel when a run ends with one of ``on``."""
+    """Send a notification to a channel on one of ``events``."""
 
-    on: Annotated[list[Outcome], Field(min_length=1, max_length=6)]
-    """Outcomes that trigger this rule. Recovered = first success after failures."""
+    events: Annotated[list[Outcome], Field(min_length=1, max_length=6)]
+    """Run events that trigger this rule. Recovered = first success after failures. (Not named
+    ``on``: YAML 1.1 reads an unquoted ``on`` key as the boolean true.)"""
     channel_ref: LocalObjectReference
     """A Credential of type SMTP, SlackWebhook, TeamsWebhook or Webhook: the channel to use."""
     to: Annotated[list[Annotated[str, Field(min_length=3, max_length=320, pattern=r"^.+@.+$")]], Field(max_length=50)] = []

@@ -14,7 +14,9 @@ from opsconductor.api.opsjob import OpsJobSpec, RetryPolicy
 # Five cron fields (minute hour day-of-month month day-of-week; numbers, names, * , - /) or a macro.
 _CRON_FIELD = r"[0-9A-Za-z*?/,\-]+"
 CRON = rf"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|{_CRON_FIELD}( {_CRON_FIELD}){{4}})$"
-TIME_ZONE = r"^(UTC|[A-Za-z]+(/[A-Za-z0-9_+\-]+){1,2}|Etc/GMT[+-][0-9]{1,2})$"
+# IANA zone names: "UTC", "Japan", "EST5EDT", "Europe/Berlin", "America/Argentina/Buenos_Aires",
+# "Etc/GMT+5". Whether the zone exists is checked by the operator (condition reason InvalidSpec).
+TIME_ZONE = r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$"
 CLOCK = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
 Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
