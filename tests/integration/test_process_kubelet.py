@@ -22,7 +22,9 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 def k(kubectl: Kubectl, namespace: str, kubelet: KubeletProcess) -> Kubectl:
     """kubectl in the test namespace, once its default ServiceAccount exists (pods need it)."""
     k = kubectl.with_namespace(namespace)
-    wait_until(lambda: k.run("get", "serviceaccount", "default", check=False).returncode == 0, 60, what="default SA")
+    wait_until(
+        lambda: k.run("get", "serviceaccount", "default", check=False).returncode == 0, 60, what="default SA"
+    )
     return k
 
 
@@ -38,7 +40,9 @@ def wait_pod(k: Kubectl, name: str, phases: tuple[str, ...], timeout: float = 60
     return wait_until(probe, timeout, what=f"pod {name} in {phases}")
 
 
-def wait_waiting_reason(k: Kubectl, name: str, reasons: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+def wait_waiting_reason(
+    k: Kubectl, name: str, reasons: tuple[str, ...], timeout: float = 60
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         statuses = pod(k, name).get("status", {}).get("containerStatuses") or []
         waiting = statuses[0].get("state", {}).get("waiting", {}) if statuses else {}
@@ -94,7 +98,9 @@ spec:
 """
 
 
-def test_pod_gets_env_from_secret_and_downward_api_and_a_secret_volume(k: Kubectl, kubelet: KubeletProcess) -> None:
+def test_pod_gets_env_from_secret_and_downward_api_and_a_secret_volume(
+    k: Kubectl, kubelet: KubeletProcess
+) -> None:
     k.apply(HELLO)
     p = wait_pod(k, "hello", ("Succeeded", "Failed"))
     assert p["status"]["phase"] == "Succeeded", json.dumps(p["status"], indent=1)
@@ -111,7 +117,9 @@ def test_pod_gets_env_from_secret_and_downward_api_and_a_secret_volume(k: Kubect
     )
 
     def kubelet_events() -> set[str] | None:
-        listed = json.loads(k.run("get", "events", "--field-selector=involvedObject.name=hello", "-o", "json").stdout)
+        listed = json.loads(
+            k.run("get", "events", "--field-selector=involvedObject.name=hello", "-o", "json").stdout
+        )
         reasons = {e["reason"] for e in listed["items"] if e.get("source", {}).get("component") == "kubelet"}
         return reasons if {"Pulled", "Created", "Started"} <= reasons else None
 
@@ -154,7 +162,13 @@ spec:
   containers:
   - name: main
     image: busybox
-    command: [sh, -c, "cat /var/run/opsconductor-test/work/state; test -f /var/run/opsconductor-test/work/again || { touch /var/run/opsconductor-test/work/again; exit 1; }"]
+    command:
+    - sh
+    - -c
+    - |
+      cd /var/run/opsconductor-test/work
+      cat state
+      test -f again || { touch again; exit 1; }
     volumeMounts: [{name: work, mountPath: /var/run/opsconductor-test/work}]
   volumes: [{name: work, emptyDir: {}}]
 """
@@ -185,7 +199,8 @@ spec:
     assert p["status"]["phase"] == "Failed"
     assert p["status"]["reason"] == "DeadlineExceeded"
     assert p["status"]["message"] == "Pod was active on the node longer than the specified deadline"
-    assert terminated(p)["exitCode"] == 128 + 15
+    # sleep is PID 1 of its container: it ignores SIGTERM, so it is SIGKILLed after the grace period
+    assert terminated(p)["exitCode"] == 128 + 9
 
 
 def test_deletion_stops_the_process_gracefully(k: Kubectl, kubelet: KubeletProcess) -> None:
@@ -253,7 +268,13 @@ def test_projected_service_account_token_reaches_the_api_server(k: Kubectl, kube
                 "metadata": {"name": "whoami"},
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [{"name": "main", "image": "python:3.11-slim", "command": ["python3", "-c", TOKEN_CHECK]}],
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "python:3.11-slim",
+                            "command": ["python3", "-c", TOKEN_CHECK],
+                        }
+                    ],
                 },
             }
         )
@@ -278,7 +299,13 @@ spec:
   containers:
   - name: main
     image: ghcr.io/opsconductor/runner:0.1.0
-    command: [sh, -c, "id -u; id -G; touch /var/run/opsconductor-test-rofs 2>/dev/null || echo read-only; touch /scratch/ok && echo scratch-ok"]
+    command:
+    - sh
+    - -c
+    - |
+      id -u; id -G
+      touch /var/run/opsconductor-test-rofs 2>/dev/null || echo read-only
+      touch scratch/ok && echo scratch-ok
     securityContext:
       readOnlyRootFilesystem: true
       allowPrivilegeEscalation: false
@@ -286,7 +313,7 @@ spec:
     volumeMounts: [{name: scratch, mountPath: /var/run/opsconductor-test/scratch}]
     workingDir: /var/run/opsconductor-test
   volumes: [{name: scratch, emptyDir: {}}]
-""".replace("/scratch/ok", "/var/run/opsconductor-test/scratch/ok")
+"""
     )
     p = wait_pod(k, "locked", ("Succeeded", "Failed"))
     out = log_of(kubelet, p, "main")

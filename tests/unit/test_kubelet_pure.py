@@ -138,7 +138,11 @@ def test_command_and_args_follow_docker_semantics() -> None:
     env = {"X": "1"}
     assert container_command(entry, {}, env, "/py") == ["/py", "-m", "mod", "--default"]
     assert container_command(entry, {"args": ["--x=$(X)"]}, env, "/py") == ["/py", "-m", "mod", "--x=1"]
-    assert container_command(entry, {"command": ["sh", "-c", "echo $(X)"]}, env, "/py") == ["sh", "-c", "echo 1"]
+    assert container_command(entry, {"command": ["sh", "-c", "echo $(X)"]}, env, "/py") == [
+        "sh",
+        "-c",
+        "echo 1",
+    ]
     assert container_command(entry, {"command": ["sh"], "args": ["-c", "$$(X)"]}, env, "/py") == [
         "sh",
         "-c",
@@ -170,9 +174,15 @@ def test_env_sources_precedence_and_expansion() -> None:
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "SA", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
             {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {
+                "name": "MEM_MI",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
             {"name": "CPU_REQ", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu"}}},
-            {"name": "CPU_LIM", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+            {
+                "name": "CPU_LIM",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}},
+            },
             {"name": "GREETING", "value": "hi $(POD) in $(NS) via $(KUBERNETES_SERVICE_HOST) $(NOPE)"},
             {"name": "USER", "value": "overrides envFrom"},
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nokey", "optional": True}}},
@@ -182,8 +192,10 @@ def test_env_sources_precedence_and_expansion() -> None:
     env = build_env(
         pod,
         container,
-        ctx(secrets={"sec": {"password": b"s3cret", "USER": b"from-secret", "bad=name": b"x"}},
-            config_maps={"cm": {"mode": b"fast", "level": b"3"}}),
+        ctx(
+            secrets={"sec": {"password": b"s3cret", "USER": b"from-secret", "bad=name": b"x"}},
+            config_maps={"cm": {"mode": b"fast", "level": b"3"}},
+        ),
     )
     assert env["PASSWORD"] == "s3cret"
     assert env["MODE"] == "fast"
@@ -212,7 +224,10 @@ def test_env_sources_precedence_and_expansion() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}], 'secret "gone" not found'),
+        (
+            [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}],
+            'secret "gone" not found',
+        ),
         (
             [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "nope"}}}],
             "couldn't find key nope in Secret ops/sec",
@@ -221,12 +236,19 @@ def test_env_sources_precedence_and_expansion() -> None:
             [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "nope"}}}],
             "couldn't find key nope in ConfigMap ops/cm",
         ),
-        ([{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "k"}}}], 'configmap "x" not found'),
+        (
+            [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "k"}}}],
+            'configmap "x" not found',
+        ),
     ],
 )
 def test_missing_references_are_config_errors(env: list[Any], message: str) -> None:
     with pytest.raises(ContainerConfigError) as err:
-        build_env(make_pod(), {"name": "c", "env": env}, ctx(secrets={"sec": {}, "gone": None}, config_maps={"cm": {}}))
+        build_env(
+            make_pod(),
+            {"name": "c", "env": env},
+            ctx(secrets={"sec": {}, "gone": None}, config_maps={"cm": {}}),
+        )
     assert str(err.value) == message
     assert err.value.reason == "CreateContainerConfigError"
 
@@ -237,7 +259,13 @@ def test_envfrom_missing_non_optional_is_an_error() -> None:
 
 
 def test_final_environment_leaks_only_path_and_lang() -> None:
-    host = {"PATH": "/host/bin", "LANG": "C.UTF-8", "SECRET_OF_KUBELET": "x", "PYTHONPATH": "/x", "HOME": "/root"}
+    host = {
+        "PATH": "/host/bin",
+        "LANG": "C.UTF-8",
+        "SECRET_OF_KUBELET": "x",
+        "PYTHONPATH": "/x",
+        "HOME": "/root",
+    }
     entry = ImageEntry("r", env=(("IMAGE_VAR", "1"), ("PATH", "/image/bin")))
     env = podspec.final_environment({"A": "b", "IMAGE_VAR": "2"}, entry, "web-1", host, "/home/x")
     assert env == {
@@ -248,7 +276,9 @@ def test_final_environment_leaks_only_path_and_lang() -> None:
         "A": "b",
         "HOME": "/home/x",
     }
-    assert podspec.final_environment({}, ImageEntry("r"), "h", {"PATH": "/host/bin"}, "/")["PATH"] == "/host/bin"
+    assert (
+        podspec.final_environment({}, ImageEntry("r"), "h", {"PATH": "/host/bin"}, "/")["PATH"] == "/host/bin"
+    )
 
 
 def test_hostname_is_truncated_to_63() -> None:
@@ -270,8 +300,12 @@ def lookup(name: str) -> tuple[int, int, str] | None:
 
 def test_identity_from_image_pod_and_container() -> None:
     entry = ImageEntry("r", user="65532:65532")
-    assert resolve_identity(make_pod(), {"name": "c"}, entry, lookup) == podspec.Identity(65532, 65532, (), "/")
-    pod = make_pod(securityContext={"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "supplementalGroups": [4]})
+    assert resolve_identity(make_pod(), {"name": "c"}, entry, lookup) == podspec.Identity(
+        65532, 65532, (), "/"
+    )
+    pod = make_pod(
+        securityContext={"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000, "supplementalGroups": [4]}
+    )
     ident = resolve_identity(pod, {"name": "c", "securityContext": {"runAsUser": 1001}}, entry, lookup)
     assert (ident.uid, ident.gid, ident.groups) == (1001, 3000, (4, 2000))
     assert resolve_identity(make_pod(), {"name": "c"}, ImageEntry("r", user="nobody"), lookup).uid == 65534
@@ -296,7 +330,8 @@ def test_capabilities_follow_containerd() -> None:
     assert default is not None and podspec.CAPABILITY_NAMES.index("SYS_ADMIN") not in default
     assert podspec.CAPABILITY_NAMES.index("CHOWN") in default
     dropped = podspec.container_capabilities(
-        pod, {"name": "c", "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}
+        pod,
+        {"name": "c", "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}},
     )
     assert dropped == [podspec.CAPABILITY_NAMES.index("NET_BIND_SERVICE")]
     assert podspec.container_capabilities(pod, {"name": "c", "securityContext": {"privileged": True}}) is None
@@ -373,10 +408,15 @@ def test_failed_init_container_fails_a_never_pod() -> None:
 def test_conditions() -> None:
     conds = {c.type: c for c in podspec.pod_conditions("Running", True, [], True, [v("a", "running")])}
     assert conds["Ready"].status and conds["ContainersReady"].status and conds["Initialized"].status
-    conds = {c.type: c for c in podspec.pod_conditions("Pending", True, [v("i", "running")], False, [v("a", "waiting")])}
+    conds = {
+        c.type: c
+        for c in podspec.pod_conditions("Pending", True, [v("i", "running")], False, [v("a", "waiting")])
+    }
     assert conds["Initialized"].message == "containers with incomplete status: [i]"
     assert conds["Ready"].reason == "ContainersNotReady"
-    conds = {c.type: c for c in podspec.pod_conditions("Succeeded", True, [], True, [v("a", "terminated", 0)])}
+    conds = {
+        c.type: c for c in podspec.pod_conditions("Succeeded", True, [], True, [v("a", "terminated", 0)])
+    }
     assert conds["Ready"].reason == "PodCompleted" and not conds["PodReadyToStartContainers"].status
 
 
@@ -396,14 +436,25 @@ def inputs(**kw: Any) -> volumes.VolumeInputs:
 
 def test_secret_and_configmap_layouts() -> None:
     pod = make_pod()
-    sec = {"secret": {"secretName": "s", "defaultMode": 0o400, "items": [{"key": "k", "path": "d/f", "mode": 0o600}]}}
+    sec = {
+        "secret": {
+            "secretName": "s",
+            "defaultMode": 0o400,
+            "items": [{"key": "k", "path": "d/f", "mode": 0o600}],
+        }
+    }
     files = volumes.volume_files(sec, pod, inputs(secrets={"s": {"k": b"v", "other": b"o"}}))
     assert files == {"d/f": volumes.VolumeFile(b"v", 0o600)}
     files = volumes.volume_files({"secret": {"secretName": "s"}}, pod, inputs(secrets={"s": {"a": b"1"}}))
     assert files == {"a": volumes.VolumeFile(b"1", 0o644)}
     with pytest.raises(volumes.VolumeError, match='secret "s" not found'):
         volumes.volume_files({"secret": {"secretName": "s"}}, pod, inputs(secrets={"s": None}))
-    assert volumes.volume_files({"secret": {"secretName": "s", "optional": True}}, pod, inputs(secrets={"s": None})) == {}
+    assert (
+        volumes.volume_files(
+            {"secret": {"secretName": "s", "optional": True}}, pod, inputs(secrets={"s": None})
+        )
+        == {}
+    )
     cm = {"configMap": {"name": "c", "items": [{"key": "missing", "path": "x"}]}}
     with pytest.raises(volumes.VolumeError, match="non-existent config key: missing"):
         volumes.volume_files(cm, pod, inputs(config_maps={"c": {}}))
@@ -420,19 +471,29 @@ def test_projected_service_account_volume_like_admission_injects() -> None:
                 {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
                 {
                     "downwardAPI": {
-                        "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
+                        "items": [
+                            {
+                                "path": "namespace",
+                                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                            }
+                        ]
                     }
                 },
             ],
         },
     }
-    files = volumes.volume_files(kube_api_access, pod, inputs(config_maps={"kube-root-ca.crt": {"ca.crt": b"PEM"}}))
+    files = volumes.volume_files(
+        kube_api_access, pod, inputs(config_maps={"kube-root-ca.crt": {"ca.crt": b"PEM"}})
+    )
     assert files == {
         "token": volumes.VolumeFile(b"token--3607", 0o644),
         "ca.crt": volumes.VolumeFile(b"PEM", 0o644),
         "namespace": volumes.VolumeFile(b"ops", 0o644),
     }
-    assert volumes.volume_references({"spec": {"volumes": [kube_api_access]}}) == (set(), {"kube-root-ca.crt"})
+    assert volumes.volume_references({"spec": {"volumes": [kube_api_access]}}) == (
+        set(),
+        {"kube-root-ca.crt"},
+    )
 
 
 def test_downward_api_volume() -> None:
@@ -442,7 +503,10 @@ def test_downward_api_volume() -> None:
             "items": [
                 {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
                 {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
-                {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}},
+                {
+                    "path": "mem",
+                    "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"},
+                },
             ]
         }
     }
@@ -454,13 +518,17 @@ def test_downward_api_volume() -> None:
 
 def test_atomic_writer_layout_and_update(tmp_path: Path) -> None:
     target = tmp_path / "vol"
-    assert volumes.write_atomic(target, {"a": volumes.VolumeFile(b"1"), "d/b": volumes.VolumeFile(b"2", 0o600)})
+    assert volumes.write_atomic(
+        target, {"a": volumes.VolumeFile(b"1"), "d/b": volumes.VolumeFile(b"2", 0o600)}
+    )
     assert (target / "..data").is_symlink()
     assert os.readlink(target / "a") == "..data/a"
     assert (target / "a").read_bytes() == b"1" and (target / "d" / "b").read_bytes() == b"2"
     assert (target / "d" / "b").stat().st_mode & 0o777 == 0o600
     first = (target / "..data").resolve()
-    assert not volumes.write_atomic(target, {"a": volumes.VolumeFile(b"1"), "d/b": volumes.VolumeFile(b"2", 0o600)})
+    assert not volumes.write_atomic(
+        target, {"a": volumes.VolumeFile(b"1"), "d/b": volumes.VolumeFile(b"2", 0o600)}
+    )
     assert volumes.write_atomic(target, {"a": volumes.VolumeFile(b"new")})
     assert (target / "a").read_bytes() == b"new"
     assert not (target / "d").exists() and not first.exists()
@@ -506,7 +574,10 @@ def run_init(tmp_path: Path, **spec: Any) -> tuple[int, str, str]:
     spec_file.write_text(json.dumps(full))
     with open(log, "wb") as f:
         rc = subprocess.run(
-            [sys.executable, "-I", str(INIT_SCRIPT), str(spec_file)], stdout=f, stderr=subprocess.STDOUT, timeout=30
+            [sys.executable, "-I", str(INIT_SCRIPT), str(spec_file)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=30,
         ).returncode
     err = (tmp_path / "err").read_text() if (tmp_path / "err").exists() else ""
     return rc, log.read_text(), err
@@ -541,7 +612,7 @@ def test_container_init_mounts_user_and_read_only_root(tmp_path: Path, public_di
         f"touch {mnt}/ro/x 2>/dev/null || echo ro-ok; "
         f"touch {mnt}/rw/x && echo rw-ok; "
         f"touch {tmp_path}/rootfs 2>/dev/null || echo rootfs-ro; "
-        f"printf bye > {mnt}/termination-log; echo $SECRET_OF_KUBELET; echo env=$ONLY"
+        f"printf bye > {mnt}/termination-log; echo $SECRET_OF_KUBELET; echo env=$ONLY; echo pid=$$"
     )
     rc, out, err = run_init(
         tmp_path,
@@ -572,6 +643,7 @@ def test_container_init_mounts_user_and_read_only_root(tmp_path: Path, public_di
         "rootfs-ro",
         "",
         "env=this",
+        "pid=1",
     ]
     assert tlog.read_text() == "bye"
     assert (writable / "x").exists()
@@ -583,3 +655,51 @@ def test_container_init_reports_start_errors(tmp_path: Path) -> None:
     rc, _out, err = run_init(tmp_path, argv=["no-such-binary-xyz"])
     assert rc == 128
     assert 'exec: "no-such-binary-xyz": executable file not found in $PATH' in err
+
+
+def start_init(tmp_path: Path, script: str) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / "log"
+    spec = {
+        "argv": ["sh", "-c", script],
+        "env": {"PATH": os.environ["PATH"]},
+        "errorFile": str(tmp_path / "err"),
+        "parentPid": os.getpid(),
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    with open(log, "wb") as f:
+        popen = subprocess.Popen(
+            [sys.executable, "-I", str(INIT_SCRIPT), str(tmp_path / "spec.json")],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 10
+    while "ready" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return popen, log
+
+
+@needs_root
+def test_container_init_relays_exit_codes_and_signals(tmp_path: Path) -> None:
+    assert run_init(tmp_path, argv=["sh", "-c", "exit 7"])[0] == 7
+    rc, out, _ = run_init(tmp_path, argv=["sh", "-c", "sleep 30 & ps -o pid= | wc -l"])
+    assert (rc, out.strip()) == (0, "4")  # only its own processes: sh, sleep, ps, wc
+
+    # SIGTERM is forwarded to the container's PID 1, which handles it
+    popen, _log = start_init(tmp_path, "trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+    popen.send_signal(signal.SIGTERM)
+    assert popen.wait(timeout=10) == 42
+
+    # PID 1 without a handler ignores SIGTERM; SIGKILL of the relay takes the whole container down
+    popen, _log = start_init(tmp_path, "sleep 300 & echo ready; echo bg=$!; wait")
+    popen.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        popen.wait(timeout=1)
+    tree = process_tree(popen.pid, scan_processes())
+    assert len(tree) == 3  # relay, sh (PID 1 inside), sleep
+    popen.kill()
+    assert popen.wait(timeout=10) == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in tree)

@@ -94,8 +94,10 @@ class KubeletProcess:
             if popen.poll() is not None:
                 tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
                 raise ControlPlaneError(f"process kubelet exited with code {popen.returncode}:\n{tail}")
-            node = json.loads(admin_kubectl(self.plane, "get", "node", self.node_name, "-o", "json"))
-            conditions = node.get("status", {}).get("conditions", [])
+            found = admin_kubectl(self.plane, "get", "node", self.node_name, "-o", "json", "--ignore-not-found")
+            if not found.strip():
+                return False  # not registered yet
+            conditions = json.loads(found).get("status", {}).get("conditions", [])
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
         wait_for(node_ready, timeout, f"node {self.node_name} to become Ready", interval=0.2)

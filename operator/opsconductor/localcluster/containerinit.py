@@ -1,10 +1,16 @@
 """Container init step of the process kubelet (stands in for runc's init).
 
 Run by the kubelet as ``python -I containerinit.py <spec.json>`` with stdout/stderr already going to
-the container log, in a new session. It enters a private mount namespace and a UTS namespace,
-then, in this order:
+the container log, in a new session. It unshares a mount, UTS and PID namespace and forks: the
+child is PID 1 of the new PID namespace (so, as in a real container, it only gets the signals it
+handles, and when it dies the kernel kills every other process of the container); this process
+stays outside as a *relay* (the ``process://<pid>`` of the container status) that forwards
+SIGTERM & co. to it and exits the way it exits. Both ask for SIGKILL when their parent dies, so no
+container outlives the kubelet (a process kubelet cannot re-adopt containers after a restart).
 
-1. sets the hostname to the pod hostname;
+The child, in this order:
+
+1. makes its mounts private, mounts a fresh ``/proc`` and sets the hostname to the pod hostname;
 2. creates missing mount points (only empty directories, or empty files for file bind mounts, are
    ever created on the host file system) and the working directory;
 3. bind-mounts the volumes (parents first), remounting ``readOnly`` ones read-only, and the
@@ -13,17 +19,19 @@ then, in this order:
 5. reduces the capability bounding set to the container's capabilities;
 6. switches to the supplementary groups, gid and uid;
 7. sets ``no_new_privs`` when ``allowPrivilegeEscalation: false``;
-8. changes to the working directory and ``execve`` the command with exactly the given environment.
+8. changes to the working directory and execs the command with exactly the given environment.
 
-Any failure before ``execve`` is written to the spec's ``errorFile`` and the process exits 128, which
-the kubelet reports as ``StartError`` like a real runtime. Only the standard library is used.
+Any failure before the exec is written to the spec's ``errorFile`` and the container exits 128,
+which the kubelet reports as ``StartError`` like a real runtime. Only the standard library is used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -31,14 +39,20 @@ from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
 MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
 START_ERROR_EXIT = 128
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -84,10 +98,15 @@ def _find_executable(name: str, path_env: str) -> str:
     raise OSError(f'exec: "{name}": executable file not found in $PATH')
 
 
-def run(spec: dict[str, Any]) -> None:
-    """Set the container up as described by ``spec`` and exec its command (never returns)."""
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
+def setup_and_exec(spec: dict[str, Any]) -> None:
+    """Inside the new namespaces: set the container up as ``spec`` says and exec it (never returns)."""
+    if spec.get("parentPid"):  # PID 1 of the namespace: its death takes every container process
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     _mount(None, "/", MS_REC | MS_PRIVATE)
+    _check(
+        _libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
+        "mount /proc",
+    )
     if spec.get("hostname"):
         socket.sethostname(spec["hostname"])
     workdir = spec.get("workingDir") or "/"
@@ -108,6 +127,8 @@ def run(spec: dict[str, Any]) -> None:
     os.setgroups([int(g) for g in spec.get("groups", [])])
     os.setgid(int(spec.get("gid", 0)))
     os.setuid(int(spec.get("uid", 0)))
+    if spec.get("parentPid"):  # changing credentials cleared it
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     if spec.get("noNewPrivs"):
         _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     os.chdir(workdir)
@@ -115,6 +136,29 @@ def run(spec: dict[str, Any]) -> None:
     argv: list[str] = spec["argv"]
     exe = _find_executable(argv[0], env.get("PATH", ""))
     os.execve(exe, argv, env)
+
+
+def relay(child: int) -> None:
+    """Outside the PID namespace: forward signals to the container's PID 1, exit as it exits."""
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, _frame: _forward(child, signum))
+    while True:
+        try:
+            _pid, status = os.waitpid(child, 0)
+            break
+        except ChildProcessError:
+            os._exit(START_ERROR_EXIT)
+    if os.WIFSIGNALED(status):
+        term_sig = os.WTERMSIG(status)
+        signal.signal(term_sig, signal.SIG_DFL)
+        os.kill(os.getpid(), term_sig)
+        os._exit(128 + term_sig)
+    os._exit(os.WEXITSTATUS(status))
+
+
+def _forward(child: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signum)
 
 
 def _describe(e: BaseException) -> str:
@@ -135,7 +179,15 @@ def main() -> None:
     # close-on-exec, so the container never sees it.
     error_fd = os.open(spec["errorFile"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        run(spec)
+        if spec.get("parentPid"):
+            _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+            if os.getppid() != int(spec["parentPid"]):
+                raise OSError("the kubelet exited before the container started")
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWPID), "unshare")
+        child = os.fork()
+        if child == 0:
+            setup_and_exec(spec)
+        relay(child)
     except BaseException as e:  # report every failure as a start error
         os.write(error_fd, f"failed to start container process: {_describe(e)}".encode())
         os._exit(START_ERROR_EXIT)

@@ -14,7 +14,11 @@ Everything a container relies on comes from its pod spec, as in a real cluster: 
 projected with a pod-bound service account token from the TokenRequest API, emptyDir, hostPath),
 security context (uid/gid/groups, runAsNonRoot, readOnlyRootFilesystem, capabilities,
 allowPrivilegeEscalation) and the termination message. The container start itself is done by
-``containerinit.py`` inside a private mount and UTS namespace.
+``containerinit.py`` in new mount, UTS and PID namespaces: the command runs as PID 1 of its
+container (it only gets the signals it handles, and its death ends every process of the
+container); the ``process://<pid>`` container ID is the relay process that forwards signals to it.
+Deleting a pod sends SIGTERM to the container's PID 1, waits ``deletionGracePeriodSeconds``, then
+SIGKILLs, and finally deletes the pod with grace period 0, as the kubelet does.
 
 Deviations from a real kubelet:
 
@@ -31,8 +35,14 @@ Deviations from a real kubelet:
 * No kubelet API server (``daemonEndpoints.kubeletEndpoint.port`` is 0): logs are plain files,
   :func:`container_log_path` (the previous run's at ``<container>.previous.log``). Logs are kept
   after a pod is deleted, the rest of its directory is removed.
-* Mount points missing on the host are created there as empty directories (or empty files for a
-  file bind mount such as ``/dev/termination-log``).
+* The host file system is every container's root file system, seen through its own mount
+  namespace: mount points missing on the host are created there as empty directories (or empty
+  files for a file bind mount such as ``/dev/termination-log``), and the working directory is
+  created if missing. ``readOnlyRootFilesystem`` remounts ``/`` read-only; other host mounts
+  (``/dev``, ``/tmp`` if separate, ...) stay writable. No user namespace: uids are host uids.
+* Containers die with the kubelet (they cannot be re-adopted); after a restart, containers the
+  status shows running are reported ``ContainerStatusUnknown`` (137) and restarted per policy.
+* Must run as root (namespaces, bind mounts, uid switching).
 """
 
 from __future__ import annotations
@@ -213,6 +223,9 @@ class _Api:
         )
         cfg.connection_pool_maxsize = 32
         self.client = k8s.ApiClient(cfg)
+        self.client.user_agent = (
+            f"kubelet/{KUBELET_VERSION} (linux/{_go_arch()}) opsconductor-process-kubelet"
+        )
         self.core = k8s.CoreV1Api(self.client)
         self.coord = k8s.CoordinationV1Api(self.client)
         self.watch_resp: Any = None
@@ -273,16 +286,24 @@ class _Api:
             _request_timeout=15,
         )
 
-    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        import traceback; log.warning("DEBUG delete %s/%s\n%s", namespace, name, "".join(traceback.format_stack()))
+    def delete_pod(self, namespace: str, name: str, uid: str, attempts: int = 5) -> None:
+        """Finalise a pod: delete it with grace period 0 (retried; gone already is fine)."""
         body = k8s.V1DeleteOptions(grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=uid))
-        try:
-            self.core.delete_namespaced_pod(
-                name, namespace, body=body, _preload_content=False, _request_timeout=15
-            )
-        except ApiException as e:
-            if e.status not in (404, 409):
-                raise
+        for attempt in range(attempts):
+            try:
+                self.core.delete_namespaced_pod(
+                    name, namespace, body=body, _preload_content=False, _request_timeout=15
+                )
+                return
+            except ApiException as e:
+                if e.status in (404, 409):
+                    return
+                if attempt == attempts - 1:
+                    raise
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(1.0)
 
     def list_pods(self, node: str) -> tuple[list[JSON], str]:
         obj = _json(
@@ -377,10 +398,12 @@ class _Container:
         return ContainerView(self.name, kind, exit_code, bool(self.last_state), kind == "running")
 
 
-class _PodWorker(threading.Thread):
+class _PodWorker:
     def __init__(self, kubelet: ProcessKubelet, pod: JSON) -> None:
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.thread = threading.Thread(
+            target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True
+        )
         self.kubelet = kubelet
         self.api = kubelet.api
         self.cfg = kubelet.config
@@ -508,7 +531,7 @@ class _PodWorker(threading.Thread):
                 self._cleanup()
                 return
             if self.pod["metadata"].get("deletionTimestamp"):
-                self._delete()
+                self._delete_pod()
                 return
             try:
                 self._tick()
@@ -727,6 +750,7 @@ class _PodWorker(threading.Thread):
             "noNewPrivs": sc.get("allowPrivilegeEscalation") is False,
             "capabilities": podspec.container_capabilities(pod, spec),
             "errorFile": str(run_dir / "start-error"),
+            "parentPid": os.getpid(),
         }
         spec_file = run_dir / "spec.json"
         fd = os.open(spec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -752,9 +776,7 @@ class _PodWorker(threading.Thread):
         c.state = {"running": {"startedAt": c.run.started_at}}
         self._event(c, "Normal", "Created", f"Created container: {c.name}")
         self._event(c, "Normal", "Started", f"Started container {c.name}")
-        log.info(
-            "pod %s/%s: started container %s (pid %d): %s", self.namespace, self.name, c.name, popen.pid, argv
-        )
+        log.info("pod %s/%s: started container %s (pid %d)", self.namespace, self.name, c.name, popen.pid)
 
     # -- running containers -----------------------------------------------------------------
 
@@ -836,7 +858,8 @@ class _PodWorker(threading.Thread):
         procs = scan_processes()
         for c, limit in limited:
             assert c.run is not None
-            rss = sum(procs[p][2] for p in process_tree(c.run.pid, procs) if p in procs)
+            # the relay (the container's first pid) stays outside the container: not counted
+            rss = sum(procs[p][2] for p in process_tree(c.run.pid, procs) - {c.run.pid} if p in procs)
             if rss > limit:
                 log.info(
                     "pod %s/%s: container %s over memory limit (%d > %s)",
@@ -860,13 +883,14 @@ class _PodWorker(threading.Thread):
                     self._exited(c)
 
     def _stop_containers(self, grace: float) -> None:
-        """SIGTERM every running container, wait up to ``grace`` seconds, then SIGKILL."""
+        """SIGTERM every running container, wait up to ``grace`` seconds, then SIGKILL its whole tree."""
         self.terminating = True
         running = [c for c in self.containers if c.run is not None]
-        for c in running:
+        for c in running:  # like a runtime: SIGTERM to the container's first process only
             self._event(c, "Normal", "Killing", f"Stopping container {c.name}")
             assert c.run is not None
-            signal_tree(c.run.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(c.run.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while any(c.run for c in running):
             self._reap()
@@ -881,7 +905,7 @@ class _PodWorker(threading.Thread):
         for c in self.containers:  # never-started containers will not start any more
             c.done = True
 
-    def _delete(self) -> None:
+    def _delete_pod(self) -> None:
         grace = float(self.pod["metadata"].get("deletionGracePeriodSeconds") or 0)
         self._stop_containers(grace)
         self.phase = self._phase()
@@ -1079,7 +1103,7 @@ class ProcessKubelet:
         for w in workers:
             w.stop()
         for w in workers:
-            w.join(timeout=15)
+            w.thread.join(timeout=15)
         with self._events_cv:
             self._events_cv.notify_all()
         for t in self._threads:
@@ -1318,7 +1342,7 @@ class ProcessKubelet:
                 finalise = False
                 w = _PodWorker(self, pod)
                 self._workers[uid] = w
-                w.start()
+                w.thread.start()
         if finalise:
             self._finalise(pod)
 
