@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,22 +71,63 @@ def _mount(source: str | None, target: str, flags: int) -> None:
     )
 
 
-def _ensure_target(source: Path, target: Path) -> None:
-    if source.is_dir():
+def _ensure_target(source_is_dir: bool, target: Path) -> None:
+    if source_is_dir:
         target.mkdir(parents=True, exist_ok=True)
     elif not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch()
 
 
-def _bind(source: str, target: str, read_only: bool) -> None:
-    src, dst = Path(source), Path(target)
-    if not src.exists():
-        raise OSError(f"mount source {source} does not exist")
-    _ensure_target(src, dst)
-    _mount(source, target, MS_BIND | MS_REC)
+def _open_source(source: str) -> int:
+    """Hold a mount source open (O_PATH) so a later mount over its path (e.g. an emptyDir at
+    ``/tmp`` when the kubelet's root is under ``/tmp``) cannot hide it."""
+    try:
+        return os.open(source, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OSError(f"mount source {source} does not exist") from None
+
+
+def _bind(source_fd: int, target: str, read_only: bool) -> None:
+    is_dir = stat.S_ISDIR(os.fstat(source_fd).st_mode)
+    _ensure_target(is_dir, Path(target))
+    _mount(f"/proc/self/fd/{source_fd}", target, MS_BIND | MS_REC)
     if read_only:
         _mount(None, target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def _blocked_ancestor(path: Path) -> Path | None:
+    """The topmost ancestor of ``path`` that other users cannot traverse (e.g. ``/root``, 0700)."""
+    for ancestor in reversed(path.parents):
+        if ancestor != Path("/") and not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def _expose_image_paths(paths: list[str]) -> None:
+    """Make the "image" content (the host's Python runtime) reachable for a non-root container.
+
+    The host file system stands in for the image's, but the interpreter may live under a home
+    directory other users cannot traverse (pyenv under ``/root``). A real image has its runtime in
+    a readable place; so, in this container's mount namespace only, the blocking directory is
+    covered by a read-only tmpfs into which just these paths are bind-mounted back (which also
+    hides the rest of that home directory from the container).
+    """
+    held: dict[Path, list[tuple[Path, int]]] = {}
+    for raw in paths:
+        path = Path(raw).resolve()
+        blocked = _blocked_ancestor(path) if path.exists() else None
+        if blocked is not None:
+            held.setdefault(blocked, []).append((path, _open_source(str(path))))
+    for blocked, entries in held.items():
+        _check(
+            _libc.mount(b"tmpfs", str(blocked).encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), b"mode=0755"),
+            f"mount tmpfs {blocked}",
+        )
+        for path, fd in entries:
+            _bind(fd, str(path), True)
+            os.close(fd)
+        _mount(None, str(blocked), MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _find_executable(name: str, path_env: str) -> str:
@@ -111,11 +153,16 @@ def setup_and_exec(spec: dict[str, Any]) -> None:
         socket.sethostname(spec["hostname"])
     workdir = spec.get("workingDir") or "/"
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    for m in spec.get("mounts", []):
-        _bind(m["source"], m["target"], bool(m.get("readOnly")))
+    _expose_image_paths(list(spec.get("imagePaths", [])))
+    mounts = list(spec.get("mounts", []))
     tlog = spec.get("terminationLog")
     if tlog:
-        _bind(tlog["source"], tlog["target"], False)
+        mounts.append({"source": tlog["source"], "target": tlog["target"], "readOnly": False})
+    sources = [_open_source(m["source"]) for m in mounts]
+    for m, fd in zip(mounts, sources, strict=True):
+        _bind(fd, m["target"], bool(m.get("readOnly")))
+    for fd in sources:
+        os.close(fd)
     if spec.get("readOnlyRootFilesystem"):
         _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY)
     keep = spec.get("capabilities")

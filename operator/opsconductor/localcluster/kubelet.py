@@ -750,6 +750,8 @@ class _PodWorker:
             "noNewPrivs": sc.get("allowPrivilegeEscalation") is False,
             "capabilities": podspec.container_capabilities(pod, spec),
             "errorFile": str(run_dir / "start-error"),
+            # The host's Python runtime is part of every "image" (see containerinit).
+            "imagePaths": sorted({sys.base_prefix, sys.prefix}),
             "parentPid": os.getpid(),
         }
         spec_file = run_dir / "spec.json"

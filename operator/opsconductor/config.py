@@ -1,0 +1,58 @@
+"""Operator configuration: one documented class, read from ``OPSCONDUCTOR_*`` environment variables.
+
+The Helm chart sets these variables; defaults suit the local control plane.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from opsconductor import __version__
+
+DEFAULT_RUNNER_IMAGE = f"ghcr.io/opsconductor/runner:{__version__}"
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one operator process.
+
+    Attributes:
+        runner_image: image of runner pods unless an OpsJob sets ``spec.runner.image``
+            (``OPSCONDUCTOR_RUNNER_IMAGE``).
+        runner_image_pull_policy: ``OPSCONDUCTOR_RUNNER_IMAGE_PULL_POLICY``.
+        runner_cpu_request / runner_memory_request / runner_memory_limit: default runner resources.
+        namespaces: namespaces to watch; empty = cluster-wide (``OPSCONDUCTOR_NAMESPACES``, comma-separated).
+        dependency_wait_seconds: how long a new OpsJob waits for missing Targets, Credentials or
+            Secrets (GitOps may apply them after the job) before failing (``OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS``).
+        resync_seconds: how often running jobs are re-checked against their runner pod even
+            without events (``OPSCONDUCTOR_RESYNC_SECONDS``).
+    """
+
+    runner_image: str = DEFAULT_RUNNER_IMAGE
+    runner_image_pull_policy: str = "IfNotPresent"
+    runner_cpu_request: str = "100m"
+    runner_memory_request: str = "128Mi"
+    runner_memory_limit: str = "512Mi"
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    dependency_wait_seconds: int = 60
+    resync_seconds: int = 30
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read the configuration from the environment."""
+        env = os.environ
+        return cls(
+            runner_image=env.get("OPSCONDUCTOR_RUNNER_IMAGE", DEFAULT_RUNNER_IMAGE),
+            runner_image_pull_policy=env.get("OPSCONDUCTOR_RUNNER_IMAGE_PULL_POLICY", "IfNotPresent"),
+            runner_cpu_request=env.get("OPSCONDUCTOR_RUNNER_CPU_REQUEST", "100m"),
+            runner_memory_request=env.get("OPSCONDUCTOR_RUNNER_MEMORY_REQUEST", "128Mi"),
+            runner_memory_limit=env.get("OPSCONDUCTOR_RUNNER_MEMORY_LIMIT", "512Mi"),
+            namespaces=_env_list("OPSCONDUCTOR_NAMESPACES"),
+            dependency_wait_seconds=int(env.get("OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS", "60")),
+            resync_seconds=int(env.get("OPSCONDUCTOR_RESYNC_SECONDS", "30")),
+        )

@@ -1,0 +1,36 @@
+"""Label, annotation and name constants under our API group; one place for every key we write."""
+
+from __future__ import annotations
+
+from opsconductor.api import GROUP
+
+# Labels on objects the operator creates.
+LABEL_JOB = f"{GROUP}/job"
+LABEL_JOB_UID = f"{GROUP}/job-uid"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+MANAGED_BY = "opsconductor"
+COMPONENT_RUNNER = "runner"
+
+# Annotations users (or the CLI) set.
+ANNOTATION_STARTED_BY = f"{GROUP}/started-by"
+
+# Names derived from an OpsJob's name (OpsJob names are at most 63 characters).
+RUNNER_CONTAINER = "runner"
+FIELD_MANAGER = "opsconductor-operator"
+
+
+def runner_pod_name(job_name: str) -> str:
+    """The runner pod of an OpsJob (deterministic: a restart never creates a second one)."""
+    return f"{job_name}-runner"
+
+
+def plan_config_map_name(job_name: str) -> str:
+    """The ConfigMap carrying the job's plan."""
+    return f"{job_name}-plan"
+
+
+def runner_service_account_name(job_name: str) -> str:
+    """The per-job service account whose Role allows patching only this job's status."""
+    return f"{job_name}-runner"

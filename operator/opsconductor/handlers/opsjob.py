@@ -1,0 +1,155 @@
+"""OpsJob handlers: start the runner, follow it, cancel it, expire finished jobs.
+
+Level-triggered: every entry point ends in :func:`sync_with_runner`, which reads the job and its
+runner pod and applies the status ``reconcile.opsjob`` decides. Status transitions are patched with
+the job's resourceVersion as a precondition, so two concurrent syncs (a pod event and a resync
+timer) cannot both record a transition and emit its Events twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from opsconductor import conditions as c
+from opsconductor import kube
+from opsconductor.api import OPSJOB
+from opsconductor.builders.runner import (
+    TERMINATION_GRACE_SECONDS,
+    build_plan_config_map,
+    build_runner_pod,
+    build_runner_rbac,
+)
+from opsconductor.config import Config
+from opsconductor.constants import runner_pod_name
+from opsconductor.handlers.resolve import MissingReference, PlanError, plan_job
+from opsconductor.reconcile.opsjob import (
+    TERMINAL_PHASES,
+    StatusUpdate,
+    failure_update,
+    judge_runner,
+    status_update,
+    waiting_update,
+)
+
+Manifest = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+def _post_events(job: Manifest, update: StatusUpdate) -> None:
+    for event_type, reason, message in update.events:
+        kopf.event(job, type=event_type, reason=reason, message=message)
+
+
+def apply_update(job: Manifest, update: StatusUpdate | None) -> bool:
+    """Patch the status (guarded by resourceVersion) and post the transition's Events.
+
+    Returns:
+        False when the job changed underneath (the caller re-reads and decides again).
+    """
+    if update is None:
+        return True
+    meta = job["metadata"]
+    applied = kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
+    if applied:
+        _post_events(job, update)
+    return applied
+
+
+def sync_with_runner(namespace: str, name: str) -> None:
+    """Bring the job's status in line with its runner pod (idempotent; safe to call any time)."""
+    for _attempt in range(5):
+        job = kube.read_opsjob(namespace, name)
+        if job is None:
+            return
+        status = job.get("status") or {}
+        if status.get("phase") in TERMINAL_PHASES:
+            return
+        pod = kube.read_pod(namespace, runner_pod_name(name))
+        if pod is not None and pod["metadata"].get("labels", {}).get("opsconductor.io/job-uid") != job["metadata"]["uid"]:
+            pod = None  # a pod of an earlier job with the same name, being garbage-collected
+        verdict = judge_runner(
+            pod,
+            runner_created=bool(status.get("runnerPod")),
+            cancel_requested=bool(job["spec"].get("cancel")),
+        )
+        if apply_update(job, status_update(job, verdict)):
+            return
+    raise kopf.TemporaryError("the OpsJob kept changing while its status was being updated", delay=1)
+
+
+def start_runner(job: Manifest, config: Config, retry: int) -> None:
+    """Validate and plan the run, then create its ConfigMap, RBAC and pod (each only once)."""
+    meta = job["metadata"]
+    status = job.get("status") or {}
+    if status.get("phase") in TERMINAL_PHASES or status.get("runnerPod"):
+        sync_with_runner(meta["namespace"], meta["name"])
+        return
+    if job["spec"].get("cancel"):
+        apply_update(job, status_update(job, judge_runner(None, runner_created=False, cancel_requested=True)))
+        return
+    try:
+        planned = plan_job(job)
+    except PlanError as error:
+        apply_update(job, failure_update(job, error.reason, error.message))
+        return
+    except MissingReference as error:
+        age = (datetime.now(UTC) - datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))).total_seconds()
+        if age < config.dependency_wait_seconds:
+            apply_update(job, waiting_update(job, c.REASON_WAITING_FOR_DEPENDENCIES, f"{error.message}; waiting for it to appear"))
+            raise kopf.TemporaryError(error.message, delay=min(10, 2 + retry * 2)) from error
+        apply_update(job, failure_update(job, error.reason, error.message))
+        return
+
+    kube.create_if_absent(build_plan_config_map(job, planned.plan))
+    runner = job["spec"].get("runner") or {}
+    if not runner.get("serviceAccountName"):
+        for manifest in build_runner_rbac(job):
+            kube.create_if_absent(manifest)
+    pod = build_runner_pod(job, config, planned.secrets, planned.config_maps)
+    kube.create_if_absent(pod)
+    # Recorded only after the pod exists: a restarted operator that finds runnerPod set and no pod
+    # knows the runner was lost, and never starts a second run.
+    update = status_update(job, judge_runner(None, runner_created=False, cancel_requested=False))
+    patch = {"status": {**(update.patch["status"] if update else {}), "runnerPod": pod["metadata"]["name"]}}
+    kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], patch, None)
+    sync_with_runner(meta["namespace"], meta["name"])
+
+
+def cancel_runner(job: Manifest) -> None:
+    """Stop the run: the runner gets SIGTERM, stops remote commands and reports Cancelled."""
+    meta = job["metadata"]
+    if (job.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return
+    pod = kube.read_pod(meta["namespace"], runner_pod_name(meta["name"]))
+    if pod is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+        kopf.event(job, type="Normal", reason="Cancelling", message="stopping the runner and its remote commands")
+        kube.delete_pod(meta["namespace"], pod["metadata"]["name"], TERMINATION_GRACE_SECONDS)
+    sync_with_runner(meta["namespace"], meta["name"])
+
+
+def seconds_until_expiry(job: Manifest) -> float:
+    """Seconds until a finished job's ``ttlSecondsAfterFinished`` runs out (<= 0: expired)."""
+    completed = datetime.fromisoformat(job["status"]["completionTime"].replace("Z", "+00:00"))
+    return float(job["spec"]["ttlSecondsAfterFinished"]) - (datetime.now(UTC) - completed).total_seconds()
+
+
+def delete_expired(job: Manifest) -> None:
+    """Delete the job (only this incarnation of it: the uid is a precondition)."""
+    meta = job["metadata"]
+    try:
+        kube.custom().delete_namespaced_custom_object(
+            OPSJOB.group,
+            OPSJOB.version,
+            meta["namespace"],
+            OPSJOB.plural,
+            meta["name"],
+            body={"preconditions": {"uid": meta["uid"]}, "propagationPolicy": "Background"},
+        )
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise

@@ -1,0 +1,170 @@
+"""Thin access to the Kubernetes API for handlers: clients, idempotent creates, status patches.
+
+Uses the synchronous ``kubernetes`` client (kopf runs sync handlers in its thread pool). Handlers
+call these functions; the pure decisions live in ``reconcile`` and ``builders``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from opsconductor.api import GROUP, OPSJOB, VERSION
+
+Manifest = dict[str, Any]
+
+
+def load_configuration() -> None:
+    """Configure the client from the pod's service account, else from KUBECONFIG."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+@functools.cache
+def _api_client() -> kubernetes.client.ApiClient:
+    return kubernetes.client.ApiClient()
+
+
+def core() -> kubernetes.client.CoreV1Api:
+    """CoreV1Api on the shared client."""
+    return kubernetes.client.CoreV1Api(_api_client())
+
+
+def custom() -> kubernetes.client.CustomObjectsApi:
+    """CustomObjectsApi on the shared client."""
+    return kubernetes.client.CustomObjectsApi(_api_client())
+
+
+def rbac() -> kubernetes.client.RbacAuthorizationV1Api:
+    """RbacAuthorizationV1Api on the shared client."""
+    return kubernetes.client.RbacAuthorizationV1Api(_api_client())
+
+
+def is_not_found(error: ApiException) -> bool:
+    """404."""
+    return error.status == 404
+
+
+def create_if_absent(manifest: Manifest) -> bool:
+    """Create a namespaced object; an existing one with the same name is left as is.
+
+    Returns:
+        True when created, False when it already existed.
+    """
+    namespace = manifest["metadata"]["namespace"]
+    creators = {
+        "ConfigMap": core().create_namespaced_config_map,
+        "ServiceAccount": core().create_namespaced_service_account,
+        "Pod": core().create_namespaced_pod,
+        "Role": rbac().create_namespaced_role,
+        "RoleBinding": rbac().create_namespaced_role_binding,
+    }
+    try:
+        creators[manifest["kind"]](namespace, manifest)
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def read_pod(namespace: str, name: str) -> Manifest | None:
+    """The pod as a dict, or None."""
+    try:
+        pod = core().read_namespaced_pod(name, namespace)
+    except ApiException as error:
+        if is_not_found(error):
+            return None
+        raise
+    return _api_client().sanitize_for_serialization(pod)  # type: ignore[no-any-return]
+
+
+def delete_pod(namespace: str, name: str, grace_seconds: int) -> None:
+    """Delete a pod (missing is fine)."""
+    try:
+        core().delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+    except ApiException as error:
+        if not is_not_found(error):
+            raise
+
+
+def read_opsjob(namespace: str, name: str) -> Manifest | None:
+    """The OpsJob, or None when it is gone."""
+    try:
+        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, OPSJOB.plural, name)  # type: ignore[no-any-return]
+    except ApiException as error:
+        if is_not_found(error):
+            return None
+        raise
+
+
+def patch_status(plural: str, namespace: str, name: str, patch: Manifest, resource_version: str | None) -> bool:
+    """Merge-patch an object's status subresource.
+
+    Args:
+        plural: the kind's plural.
+        namespace: namespace.
+        name: object name.
+        patch: ``{"status": {...}}``.
+        resource_version: when given, the patch applies only to that version (optimistic lock).
+
+    Returns:
+        False on a conflict (someone else changed the object first), True when applied.
+    """
+    body = dict(patch)
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    try:
+        custom().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, body, _content_type="application/merge-patch+json"
+        )
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def list_custom(plural: str, namespace: str, label_selector: str | None = None) -> list[Manifest]:
+    """Objects of one of our kinds in a namespace."""
+    result = custom().list_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, label_selector=label_selector or ""
+    )
+    return list(result.get("items", []))
+
+
+def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
+    """One object of one of our kinds, or None."""
+    try:
+        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)  # type: ignore[no-any-return]
+    except ApiException as error:
+        if is_not_found(error):
+            return None
+        raise
+
+
+def secret_keys(namespace: str, name: str) -> set[str] | None:
+    """The data keys of a Secret (never its values), or None when it does not exist."""
+    try:
+        secret = core().read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if is_not_found(error):
+            return None
+        raise
+    return set((secret.data or {}).keys())
+
+
+def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A ConfigMap's data, or None when it does not exist."""
+    try:
+        config_map = core().read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if is_not_found(error):
+            return None
+        raise
+    return dict(config_map.data or {})

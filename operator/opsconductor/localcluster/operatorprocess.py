@@ -1,0 +1,95 @@
+"""The operator as a child process against the local control plane, with least-privilege RBAC.
+
+Tests and the demo run the operator exactly as its image would (``python -m opsconductor``), under a
+client-certificate identity bound to the ClusterRole from ``opsconductor.rbac``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from opsconductor.localcluster.cluster import admin_kubectl
+from opsconductor.localcluster.controlplane import ControlPlane, ControlPlaneError, die_with_parent, free_port, wait_for
+from opsconductor.rbac import operator_cluster_role, operator_cluster_role_binding
+
+OPERATOR_USER = "opsconductor-operator"
+
+
+@dataclass
+class OperatorProcess:
+    """``python -m opsconductor --standalone`` with its own kubeconfig, logs in ``log``."""
+
+    plane: ControlPlane
+    name: str = "operator"
+    env: dict[str, str] = field(default_factory=dict)
+    health_port: int = 0
+    _popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        """The operator's log file (appended to across restarts)."""
+        return self.plane.logs_dir / f"{self.name}.log"
+
+    def install_rbac(self) -> None:
+        """Apply the operator's ClusterRole and bind it to the operator's user."""
+        manifests = [operator_cluster_role(), operator_cluster_role_binding(user=OPERATOR_USER)]
+        admin_kubectl(self.plane, "apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the operator and wait until its health endpoint answers."""
+        self.install_rbac()
+        kubeconfig = self.plane.client_kubeconfig(OPERATOR_USER)
+        self.health_port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "KUBECONFIG": str(kubeconfig),
+            "OPSCONDUCTOR_HEALTH_ADDRESS": f"127.0.0.1:{self.health_port}",
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        with self.log.open("ab") as log_file:
+            self._popen = popen = subprocess.Popen(
+                [sys.executable, "-m", "opsconductor", "--standalone"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+        def healthy() -> bool:
+            if popen.poll() is not None:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+                raise ControlPlaneError(f"operator exited with code {popen.returncode}:\n{tail}")
+            return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
+
+        began = time.monotonic()
+        wait_for(healthy, timeout, "the operator's health endpoint")
+        self.startup_seconds = time.monotonic() - began
+
+    def kill(self) -> None:
+        """SIGKILL the operator (a crash, for restart tests)."""
+        if self._popen is not None and self._popen.poll() is None:
+            os.killpg(self._popen.pid, signal.SIGKILL)
+            self._popen.wait()
+        self._popen = None
+
+    def stop(self) -> None:
+        """SIGTERM and wait (kopf stops gracefully)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.terminate()
+            try:
+                self._popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._popen = None

@@ -1,0 +1,83 @@
+"""kopf registrations only: which events reach which handler. Logic lives in ``handlers/``.
+
+kopf's own bookkeeping is kept out of the public status: handler progress and the last-handled
+spec live in ``opsconductor.io/*`` annotations, handlers return nothing, and kopf's log lines are
+not posted as Events (we post our own, on meaningful changes only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from opsconductor import kube
+from opsconductor.api import GROUP, OPSJOB, VERSION
+from opsconductor.config import Config
+from opsconductor.constants import LABEL_COMPONENT, LABEL_JOB, COMPONENT_RUNNER
+from opsconductor.handlers import opsjob
+from opsconductor.reconcile.opsjob import TERMINAL_PHASES
+
+CONFIG = Config.from_env()
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Operator settings; see https://kopf.readthedocs.io/en/stable/configuration/."""
+    kube.load_configuration()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.loggers = False  # our Events are explicit; log lines never become Events
+    settings.posting.reporting_component = "opsconductor"
+    settings.execution.max_workers = 32
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+def _is_active(status: dict[str, Any], **_: Any) -> bool:
+    return (status or {}).get("phase") not in TERMINAL_PHASES
+
+
+@kopf.on.create(GROUP, VERSION, OPSJOB.plural, id="start")
+@kopf.on.resume(GROUP, VERSION, OPSJOB.plural, id="start", when=_is_active)
+def start_opsjob(body: kopf.Body, retry: int, **_: Any) -> None:
+    """A new (or, after a restart, unfinished) OpsJob: plan it and start its runner."""
+    opsjob.start_runner(dict(body), CONFIG, retry)
+
+
+@kopf.on.field(GROUP, VERSION, OPSJOB.plural, field="spec.cancel", new=True, id="cancel")
+def cancel_opsjob(body: kopf.Body, **_: Any) -> None:
+    """``spec.cancel: true``: stop the runner and its remote commands."""
+    opsjob.cancel_runner(dict(body))
+
+
+@kopf.on.event("v1", "pods", labels={LABEL_COMPONENT: COMPONENT_RUNNER, LABEL_JOB: kopf.PRESENT})
+def runner_pod_changed(body: kopf.Body, **_: Any) -> None:
+    """Any change of a runner pod: re-derive its job's status."""
+    opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB])
+
+
+@kopf.timer(GROUP, VERSION, OPSJOB.plural, interval=CONFIG.resync_seconds, idle=CONFIG.resync_seconds, when=_is_active)
+def resync_opsjob(body: kopf.Body, **_: Any) -> None:
+    """Safety net for missed pod events (e.g. a pod deleted while the operator was down)."""
+    if (body.get("status") or {}).get("runnerPod"):
+        opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _expires(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
+    return spec.get("ttlSecondsAfterFinished") is not None and (status or {}).get("phase") in TERMINAL_PHASES
+
+
+@kopf.daemon(GROUP, VERSION, OPSJOB.plural, id="ttl", when=_expires, cancellation_timeout=1)
+async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Delete a finished OpsJob ``ttlSecondsAfterFinished`` after it completed."""
+    delay = opsjob.seconds_until_expiry(dict(body))
+    if delay > 0 and await stopped.wait(delay):
+        return
+    await asyncio.to_thread(opsjob.delete_expired, dict(body))

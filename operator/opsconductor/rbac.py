@@ -1,0 +1,66 @@
+"""The operator's least-privilege RBAC, as data: the one source for tests and the Helm chart.
+
+Why each permission exists is written next to it. The runner gets none of these: each runner pod
+runs under its own service account whose Role (``builders.runner.build_runner_rbac``) allows only
+``get``/``patch`` on its own OpsJob's status. To create that Role the operator must hold those
+verbs itself (RBAC escalation check), which it does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opsconductor.api import GROUP, KINDS
+
+OPERATOR_CLUSTER_ROLE = "opsconductor-operator"
+
+_PLURALS = [kind.plural for kind in KINDS]
+
+OPERATOR_RULES: list[dict[str, Any]] = [
+    # Watch our kinds; OpsSchedules create OpsJobs; TTL deletes finished OpsJobs.
+    {"apiGroups": [GROUP], "resources": _PLURALS, "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": ["opsjobs"], "verbs": ["create", "delete"]},
+    {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in _PLURALS], "verbs": ["get", "patch", "update"]},
+    # Runner pods and their plan ConfigMaps; ConfigMaps are also read for parameters and templates.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create"]},
+    # Secrets: existence and key names for planning; values for Credential validation and
+    # notification channels. Never written.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    # Per-job runner identity.
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    # Events on our objects.
+    {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf discovers resources and (cluster-wide) namespaces.
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+    # kopf peering (two replicas, one active).
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+]
+
+
+def operator_cluster_role(name: str = OPERATOR_CLUSTER_ROLE) -> dict[str, Any]:
+    """The operator's ClusterRole."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": OPERATOR_RULES,
+    }
+
+
+def operator_cluster_role_binding(user: str | None = None, service_account: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Bind the ClusterRole to a user (tests) or a service account (namespace, name)."""
+    subjects: list[dict[str, str]] = []
+    if user:
+        subjects.append({"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"})
+    if service_account:
+        subjects.append({"kind": "ServiceAccount", "namespace": service_account[0], "name": service_account[1]})
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": OPERATOR_CLUSTER_ROLE},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE},
+        "subjects": subjects,
+    }

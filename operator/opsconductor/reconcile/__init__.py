@@ -1,0 +1,1 @@
+"""Pure reconciliation logic: next status from the spec and the observed world (no API calls)."""
