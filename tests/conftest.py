@@ -10,6 +10,7 @@ import pytest
 
 from opsconductor.localcluster.cluster import KubeletProcess, install_crds
 from opsconductor.localcluster.controlplane import ControlPlane
+from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.kube import Kubectl
 
 _namespace_counter = itertools.count()
@@ -35,6 +36,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def kubelet(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeletProcess]:
     """The process kubelet, its Node Ready; pods scheduled to it run as local processes."""
     process = KubeletProcess(control_plane, tmp_path_factory.mktemp("kubelet"))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[OperatorProcess]:
+    """The operator (``python -m opsconductor``) under its least-privilege ClusterRole."""
+    process = OperatorProcess(
+        control_plane,
+        env={"OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3", "OPSCONDUCTOR_RESYNC_SECONDS": "5"},
+    )
     process.start()
     try:
         yield process
