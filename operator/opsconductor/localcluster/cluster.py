@@ -47,8 +47,17 @@ def admin_kubectl(plane: ControlPlane, *args: str, input: str | None = None) -> 
 def install_crds(plane: ControlPlane, timeout: float = 60.0) -> None:
     """Apply ``crds/`` and wait until every CRD is Established."""
     admin_kubectl(plane, "apply", "--server-side", "-f", str(CRDS_DIR))
-    crds = [f"crd/{kind.plural}.{kind.group}" for kind in KINDS]
-    admin_kubectl(plane, "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds)
+    names = {f"{kind.plural}.{kind.group}" for kind in KINDS}
+
+    def established() -> bool:
+        # Not `kubectl wait`: it fails instead of waiting while a new CRD has no conditions yet.
+        listed = json.loads(admin_kubectl(plane, "get", "crd", *sorted(names), "-o", "json"))["items"]
+        return all(
+            any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
+            for crd in listed
+        )
+
+    wait_for(established, timeout, "the CRDs to be established", interval=0.1)
 
 
 @dataclass
