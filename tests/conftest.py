@@ -13,6 +13,7 @@ from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.kube import Kubectl
 
+pytest_plugins = ["tests.fixtures.sshd"]
 _namespace_counter = itertools.count()
 
 

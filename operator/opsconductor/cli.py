@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from opsconductor.api import API_VERSION, KINDS, Kind
 from opsconductor.api.opsjob import step_types
+from opsconductor.localrun import add_run_parser
 
 _KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
 _STEP_TYPES = frozenset(step_types())
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
     validate.add_argument("-v", "--verbose", action="store_true", help="also list valid objects")
     validate.set_defaults(func=_cmd_validate)
+    add_run_parser(sub)
     return parser
 
 

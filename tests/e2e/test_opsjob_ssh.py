@@ -11,7 +11,6 @@ from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.kubelet import container_log_path
 from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.e2e.conftest import conditions, events_for, wait_phase
-from tests.fixtures.sshd import *  # noqa: F403  # the sshd fixtures
 from tests.fixtures.sshd import ClientKeys, SshdFactory, SshServer
 from tests.kube import Kubectl, wait_until
 
