@@ -14,6 +14,7 @@ from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.kube import Kubectl
 
 pytest_plugins = ["tests.fixtures.sshd"]
+E2E_PREFIX = "e2e-"
 _namespace_counter = itertools.count()
 
 
@@ -49,7 +50,12 @@ def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[O
     """The operator (``python -m opsconductor``) under its least-privilege ClusterRole."""
     process = OperatorProcess(
         control_plane,
-        env={"OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3", "OPSCONDUCTOR_RESYNC_SECONDS": "5"},
+        # Only e2e-* namespaces: control-plane tests elsewhere see OpsJobs no operator touches.
+        env={
+            "OPSCONDUCTOR_NAMESPACES": f"{E2E_PREFIX}*",
+            "OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3",
+            "OPSCONDUCTOR_RESYNC_SECONDS": "5",
+        },
     )
     process.start()
     try:
@@ -64,14 +70,25 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
     return Kubectl(control_plane.binary("kubectl"), control_plane.admin_kubeconfig)
 
 
-@pytest.fixture
-def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards (without waiting)."""
-    name = f"t{os.getpid() % 1000}-{next(_namespace_counter)}-{request.node.name[:30]}".lower()
+def fresh_namespace(kubectl: Kubectl, request: pytest.FixtureRequest, prefix: str) -> Iterator[str]:
+    """Create a namespace named after the test, delete it afterwards (without waiting)."""
+    name = f"{prefix}{os.getpid() % 1000}-{next(_namespace_counter)}-{request.node.name[:30]}".lower()
     name = "".join(c if c.isalnum() or c == "-" else "-" for c in name).strip("-")[:63].rstrip("-")
     kubectl.run("create", "namespace", name)
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test that the operator does not watch."""
+    yield from fresh_namespace(kubectl, request, "t")
+
+
+@pytest.fixture
+def e2e_namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test that the operator watches."""
+    yield from fresh_namespace(kubectl, request, E2E_PREFIX)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -14,9 +14,9 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
 @pytest.fixture
-def k(kubectl: Kubectl, namespace: str, operator: OperatorProcess) -> Kubectl:
-    """kubectl in a fresh namespace, with the operator running."""
-    return kubectl.with_namespace(namespace)
+def k(kubectl: Kubectl, e2e_namespace: str, operator: OperatorProcess) -> Kubectl:
+    """kubectl in a fresh namespace the operator watches, with the operator running."""
+    return kubectl.with_namespace(e2e_namespace)
 
 
 def wait_phase(k: Kubectl, name: str, phases: tuple[str, ...] = TERMINAL, timeout: float = 90) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from opsconductor.runner.protocols.ssh import (
 )
 from opsconductor.runner.secrets import FileSecretStore
 from tests.fixtures.sshd import ClientKey, ClientKeys, SshdFactory, SshServer, TestUser
+from tests.kube import wait_until
 
 STEP = TypeAdapter(Step)
 
@@ -1140,7 +1141,7 @@ def test_sudo_script_timeout_kills_the_other_users_process(
     worker = threading.Thread(target=lambda: result.append(session.run(s, ctx)))
     worker.start()
     assert log.wait_for(f"stdout: {sudo_target_user}")
-    assert remote_processes(nonce)
+    wait_until(lambda: remote_processes(nonce), timeout=10, what="the remote sleep to start")
     cancel.set()
     worker.join(10)
     assert result[0].cancelled, result[0].error

@@ -13,21 +13,30 @@ holds secret values: everything is masked by the secret store first.
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
-import ssl
-import sys
 import threading
-from pathlib import Path
-from types import FrameType
 
-from pydantic import ValidationError
+# Catch SIGTERM before the slow imports below: the runner is PID 1 of its container, and PID 1
+# ignores signals it has no handler for, so a pod deleted during start-up would otherwise run on
+# until the kubelet's SIGKILL at the end of the grace period.
+CANCEL = threading.Event()
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: CANCEL.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: CANCEL.set())
 
-from opsconductor.plan import PLAN_DIR, PLAN_FILE, TERMINATION_LOG, RunPlan, RunSummary
-from opsconductor.runner.engine import Engine
-from opsconductor.runner.reporting import ApiEndpoint, KubernetesReporter, NullReporter, Reporter
-from opsconductor.runner.secrets import FileSecretStore
+import logging  # noqa: E402
+import os  # noqa: E402
+import ssl  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import FrameType  # noqa: E402
+
+from pydantic import ValidationError  # noqa: E402
+
+from opsconductor.plan import PLAN_DIR, PLAN_FILE, TERMINATION_LOG, RunPlan, RunSummary  # noqa: E402
+from opsconductor.runner.engine import Engine  # noqa: E402
+from opsconductor.runner.reporting import ApiEndpoint, KubernetesReporter, NullReporter, Reporter  # noqa: E402
+from opsconductor.runner.secrets import FileSecretStore  # noqa: E402
 
 log = logging.getLogger("opsconductor.runner")
 
@@ -92,7 +101,9 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    cancel = threading.Event()
+    cancel = CANCEL
+    if cancel.is_set():
+        log.warning("received a stop signal while starting: cancelling the run")
     install_signal_handlers(cancel)
     path = plan_path()
     try:
