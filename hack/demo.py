@@ -1,63 +1,99 @@
-"""`make demo`: a local control plane, the CRDs, a process-kubelet Node, and the examples applied.
+"""`make demo`: a real OpsJob run on a local control plane, against real local SSH hosts.
 
-Prints what a user would see: the Node, the CRDs' categories (`kubectl get opsconductor`), and
-the startup timings. Stops everything at the end unless --keep is given.
+Starts the control plane, installs the CRDs, starts the process kubelet and the operator (under its
+least-privilege RBAC), starts real OpenSSH servers standing in for the example Targets, applies the
+examples' Secret/Credential/Targets re-pointed at those servers, runs the example OpsJobs unchanged,
+and prints what a user sees: `kubectl get opsconductor` and the main job's results. Stops
+everything at the end unless --keep is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
 from pathlib import Path
 
 from opsconductor.localcluster.cluster import LocalCluster
+from opsconductor.localcluster.examplehosts import ExampleHosts
+from opsconductor.localcluster.operatorprocess import OperatorProcess
+from opsconductor.results import format_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
+MAIN_JOB = "web-group-inventory"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
 def banner(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
+def wait_for_jobs(cluster: LocalCluster, namespace: str, timeout: float = 180) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = json.loads(cluster.kubectl("get", "opsjobs", "-n", namespace, "-o", "json"))["items"]
+        if jobs and all((j.get("status") or {}).get("phase") in TERMINAL for j in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            return jobs
+        time.sleep(1)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="keep the cluster running until Ctrl-C")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".local" / "demo")
     args = parser.parse_args()
 
-    banner("starting the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)")
-    cluster = LocalCluster(workdir=args.dir)
+    banner("starting the local control plane, the process kubelet and the operator")
     began = time.monotonic()
+    cluster = LocalCluster(workdir=args.dir)
     cluster.start()
+    operator = OperatorProcess(cluster.control_plane)
+    hosts = ExampleHosts()
     try:
+        operator.start()
+        hosts.start()
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.startup_seconds.items())
         print(f"up in {time.monotonic() - began:.1f}s ({timings})")
         print(f"API server {cluster.control_plane.api_url}; KUBECONFIG={cluster.admin_kubeconfig}")
+        print("local SSH hosts: " + ", ".join(f"{name}={s.where}" for name, s in hosts.servers.items()))
 
-        banner("kubectl get nodes")
-        print(cluster.kubectl("get", "nodes", "-o", "wide"), end="")
-
-        banner("applying examples/ (validated at admission by the generated CRD schemas)")
+        banner("applying the example Targets and Credential (re-pointed at the local hosts)")
         cluster.kubectl("create", "namespace", "demo")
-        print(cluster.kubectl("apply", "-n", "demo", "-R", "-f", str(EXAMPLES)), end="")
+        print(cluster.kubectl("apply", "-n", "demo", "-f", "-", input=hosts.manifests()), end="")
+
+        banner("applying examples/opsjobs and examples/opsschedules unchanged")
+        print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "opsjobs")), end="")
+        print(cluster.kubectl("apply", "-n", "demo", "-f", str(EXAMPLES / "opsschedules")), end="")
+        jobs = wait_for_jobs(cluster, "demo")
 
         banner("kubectl get opsconductor -n demo")
         print(cluster.kubectl("get", "opsconductor", "-n", "demo"), end="")
 
+        banner(f"results of the main job ({MAIN_JOB}: a fan-out over the Targets labelled role=web)")
+        main_job = next(j for j in jobs if j["metadata"]["name"] == MAIN_JOB)
+        print(format_results(main_job))
+        failed = [j["metadata"]["name"] for j in jobs if (j.get("status") or {}).get("phase") != "Succeeded"]
+        if failed:
+            print(f"\nnot succeeded: {', '.join(failed)}")
+
         if args.keep:
-            banner("cluster kept running; Ctrl-C stops it")
+            banner("kept running; Ctrl-C stops it")
             print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             try:
                 signal.pause()
             except KeyboardInterrupt:
                 pass
+        return 1 if failed else 0
     finally:
+        hosts.stop()
+        operator.stop()
         cluster.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Subcommands grow with the product; each stays a thin layer over library function
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from opsconductor.api import API_VERSION, KINDS, Kind
+from opsconductor import kube
+from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
 from opsconductor.api.opsjob import step_types
 from opsconductor.localrun import add_run_parser
+from opsconductor.results import format_results
 
 _KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
 _STEP_TYPES = frozenset(step_types())
@@ -80,6 +83,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+    kind, _, name = args.ref.partition("/")
+    if kind.lower() not in ("opsjob", "opsjobs", "oj") or not name:
+        print("usage: opsconductor results opsjob/NAME", file=sys.stderr)
+        return 2
+    kube.load_configuration()
+    namespace = args.namespace or kube.current_namespace()
+    job = kube.get_custom(OPSJOB.plural, namespace, name)
+    if job is None:
+        print(f"opsjob {namespace}/{name} not found", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(job.get("status") or {}, indent=2))
+    else:
+        print(format_results(job))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
@@ -89,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-v", "--verbose", action="store_true", help="also list valid objects")
     validate.set_defaults(func=_cmd_validate)
     add_run_parser(sub)
+    results = sub.add_parser("results", help="an OpsJob's results: steps × targets with status and output")
+    results.add_argument("ref", help="opsjob/NAME")
+    results.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    results.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    results.set_defaults(func=_cmd_results)
     return parser
 
 

@@ -25,6 +25,21 @@ def load_configuration() -> None:
         kubernetes.config.load_kube_config()
 
 
+def current_namespace() -> str:
+    """The namespace of the kubeconfig's current context (in a pod: the pod's namespace)."""
+    service_account_namespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(service_account_namespace) as handle:
+            return handle.read().strip()
+    except OSError:
+        pass
+    try:
+        _, context = kubernetes.config.list_kube_config_contexts()
+    except (kubernetes.config.ConfigException, OSError):
+        return "default"
+    return str((context or {}).get("context", {}).get("namespace") or "default")
+
+
 @functools.cache
 def _api_client() -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient()

@@ -7,7 +7,9 @@ test_opsjob_ssh.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 
 from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
@@ -61,6 +63,15 @@ def test_a_run_succeeds_with_status_conditions_columns_and_events(k: Kubectl) ->
     assert row[4].endswith("s")  # duration
     wait_until(lambda: ("Normal", "Succeeded") in events_for(k, "ping"), what="the Succeeded event")
     assert ("Normal", "Started") in events_for(k, "ping")
+    table = subprocess.run(
+        [sys.executable, "-m", "opsconductor.cli", "results", "opsjob/ping", "-n", k.namespace],
+        env={**os.environ, "KUBECONFIG": str(k.kubeconfig)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert table.splitlines()[0].startswith(f"OpsJob {k.namespace}/ping: Succeeded")
+    assert table.splitlines()[2].split()[:4] == ["notify", "local", "Succeeded", "200"]
 
 
 def test_runner_pods_pass_the_restricted_pod_security_standard(k: Kubectl, kubectl: Kubectl) -> None:
