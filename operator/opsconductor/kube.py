@@ -7,6 +7,7 @@ call these functions; the pure decisions live in ``reconcile`` and ``builders``.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 import kubernetes
@@ -80,7 +81,8 @@ def create_if_absent(manifest: Manifest) -> bool:
         "RoleBinding": rbac().create_namespaced_role_binding,
     }
     try:
-        creators[manifest["kind"]](namespace, manifest)
+        # _preload_content=False: skip deserialising the response into client models (slow).
+        creators[manifest["kind"]](namespace, manifest, _preload_content=False)
     except ApiException as error:
         if error.status == 409:
             return False
@@ -91,12 +93,12 @@ def create_if_absent(manifest: Manifest) -> bool:
 def read_pod(namespace: str, name: str) -> Manifest | None:
     """The pod as a dict, or None."""
     try:
-        pod = core().read_namespaced_pod(name, namespace)
+        response = core().read_namespaced_pod(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return _api_client().sanitize_for_serialization(pod)  # type: ignore[no-any-return]
+    return json.loads(response.data)  # type: ignore[no-any-return]
 
 
 def delete_pod(namespace: str, name: str, grace_seconds: int) -> None:
@@ -166,20 +168,20 @@ def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
 def secret_keys(namespace: str, name: str) -> set[str] | None:
     """The data keys of a Secret (never its values), or None when it does not exist."""
     try:
-        secret = core().read_namespaced_secret(name, namespace)
+        response = core().read_namespaced_secret(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return set((secret.data or {}).keys())
+    return set((json.loads(response.data).get("data") or {}).keys())
 
 
 def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
     """A ConfigMap's data, or None when it does not exist."""
     try:
-        config_map = core().read_namespaced_config_map(name, namespace)
+        response = core().read_namespaced_config_map(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return dict(config_map.data or {})
+    return dict(json.loads(response.data).get("data") or {})

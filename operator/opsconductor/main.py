@@ -38,6 +38,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    opsjob.warm_up()
 
 
 def _is_active(status: dict[str, Any], **_: Any) -> bool:

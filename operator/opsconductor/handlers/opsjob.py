@@ -9,6 +9,7 @@ timer) cannot both record a transition and emit its Events twice.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from opsconductor import conditions as c
 from opsconductor import kube
-from opsconductor.api import OPSJOB
+from opsconductor.api import CREDENTIAL, OPSJOB, TARGET
 from opsconductor.builders.runner import (
     TERMINATION_GRACE_SECONDS,
     build_plan_config_map,
@@ -27,6 +28,7 @@ from opsconductor.builders.runner import (
 from opsconductor.config import Config
 from opsconductor.constants import runner_pod_name
 from opsconductor.handlers.resolve import MissingReference, PlanError, plan_job
+from opsconductor.planner import build_run_plan
 from opsconductor.reconcile.opsjob import (
     TERMINAL_PHASES,
     StatusUpdate,
@@ -38,6 +40,7 @@ from opsconductor.reconcile.opsjob import (
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
+_CREATE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="create")
 
 
 def _post_events(job: Manifest, update: StatusUpdate) -> None:
@@ -105,19 +108,31 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
         apply_update(job, failure_update(job, error.reason, error.message))
         return
 
-    kube.create_if_absent(build_plan_config_map(job, planned.plan))
     runner = job["spec"].get("runner") or {}
-    if not runner.get("serviceAccountName"):
-        for manifest in build_runner_rbac(job):
-            kube.create_if_absent(manifest)
+    rbac = [] if runner.get("serviceAccountName") else build_runner_rbac(job)
     pod = build_runner_pod(job, config, planned.secrets, planned.config_maps)
-    kube.create_if_absent(pod)
+    # Pod admission needs the service account, and binding a Role needs the Role (RBAC escalation
+    # check), so those go first; the kubelet waits for the plan ConfigMap, and the runner's first
+    # status write retries until its RoleBinding exists. Creating side by side keeps starts short.
+    first = [m for m in rbac if m["kind"] in ("ServiceAccount", "Role")]
+    second = [pod, build_plan_config_map(job, planned.plan), *(m for m in rbac if m["kind"] == "RoleBinding")]
+    for batch in (first, second):
+        list(_CREATE_POOL.map(kube.create_if_absent, batch))
     # Recorded only after the pod exists: a restarted operator that finds runnerPod set and no pod
     # knows the runner was lost, and never starts a second run.
     update = status_update(job, judge_runner(None, runner_created=False, cancel_requested=False))
     patch = {"status": {**(update.patch["status"] if update else {}), "runnerPod": pod["metadata"]["name"]}}
     kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], patch, None)
     sync_with_runner(meta["namespace"], meta["name"])
+
+
+def warm_up() -> None:
+    """Pay first-use costs before the first OpsJob: connections, the API server's watch caches for
+    our kinds (a fresh cache answers 429 "storage is (re)initializing" for a second), planning."""
+    for plural in (TARGET.plural, CREDENTIAL.plural, OPSJOB.plural):
+        kube.list_custom(plural, "default")
+    job = {"metadata": {"name": "warm-up", "namespace": "default", "uid": "0"}, "spec": {"steps": [{"name": "w", "type": "wait", "seconds": 1}]}}
+    build_run_plan(job, [], {}, {}, {})
 
 
 def cancel_runner(job: Manifest) -> None:
