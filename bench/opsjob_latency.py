@@ -79,17 +79,35 @@ def run_burst(cluster: LocalCluster, count: int) -> dict[str, list[float]]:
     kubectl = [cluster.control_plane.binary("kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}"]
     for namespace in ("bench-opsjobs", "bench-jobs"):
         cluster.kubectl("create", "namespace", namespace)
-    cluster.kubectl("wait", "--for=jsonpath={.metadata.name}=default", "-n", "bench-jobs", "serviceaccount/default", "--timeout=60s")
-    cluster.kubectl("wait", "--for=jsonpath={.metadata.name}=default", "-n", "bench-opsjobs", "serviceaccount/default", "--timeout=60s")
+    cluster.kubectl(
+        "wait",
+        "--for=jsonpath={.metadata.name}=default",
+        "-n",
+        "bench-jobs",
+        "serviceaccount/default",
+        "--timeout=60s",
+    )
+    cluster.kubectl(
+        "wait",
+        "--for=jsonpath={.metadata.name}=default",
+        "-n",
+        "bench-opsjobs",
+        "serviceaccount/default",
+        "--timeout=60s",
+    )
 
-    runner_pods = Watcher(kubectl, "pods", "bench-opsjobs", lambda o: o["metadata"].get("labels", {}).get("opsconductor.io/job"))
+    runner_pods = Watcher(
+        kubectl, "pods", "bench-opsjobs", lambda o: o["metadata"].get("labels", {}).get("opsconductor.io/job")
+    )
     first_step = Watcher(
         kubectl,
         "opsjobs",
         "bench-opsjobs",
         lambda o: o["metadata"]["name"] if (o.get("status") or {}).get("steps") else None,
     )
-    job_pods = Watcher(kubectl, "pods", "bench-jobs", lambda o: o["metadata"].get("labels", {}).get("job-name"))
+    job_pods = Watcher(
+        kubectl, "pods", "bench-jobs", lambda o: o["metadata"].get("labels", {}).get("job-name")
+    )
     time.sleep(1)  # let the watches establish before the burst (not a synchronisation of results)
 
     api = kubernetes.config.new_client_from_config(config_file=str(cluster.admin_kubeconfig))
@@ -101,16 +119,33 @@ def run_burst(cluster: LocalCluster, count: int) -> dict[str, list[float]]:
     for index in range(count):
         name = f"b{index}"
         custom.create_namespaced_custom_object(
-            "opsconductor.io", "v1alpha1", "bench-opsjobs", "opsjobs",
-            {"apiVersion": "opsconductor.io/v1alpha1", "kind": "OpsJob", "metadata": {"name": name},
-             "spec": {"steps": [{"name": "pause", "type": "wait", "seconds": 1}]}},
+            "opsconductor.io",
+            "v1alpha1",
+            "bench-opsjobs",
+            "opsjobs",
+            {
+                "apiVersion": "opsconductor.io/v1alpha1",
+                "kind": "OpsJob",
+                "metadata": {"name": name},
+                "spec": {"steps": [{"name": "pause", "type": "wait", "seconds": 1}]},
+            },
         )
         opsjob_created[name] = time.monotonic()
         batch.create_namespaced_job(
             "bench-jobs",
-            {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                 {"name": "main", "image": "busybox", "command": ["sleep", "1"]}]}}}},
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": name},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "1"]}],
+                        }
+                    }
+                },
+            },
         )
         job_created[name] = time.monotonic()
 
@@ -122,9 +157,15 @@ def run_burst(cluster: LocalCluster, count: int) -> dict[str, list[float]]:
     for watcher in (runner_pods, first_step, job_pods):
         watcher.stop()
     return {
-        "OpsJob create -> runner pod created": [runner_pods.seen[k] - t for k, t in opsjob_created.items() if k in runner_pods.seen],
-        "OpsJob create -> first step started": [first_step.seen[k] - t for k, t in opsjob_created.items() if k in first_step.seen],
-        "Job create -> pod created (kcm)": [job_pods.seen[k] - t for k, t in job_created.items() if k in job_pods.seen],
+        "OpsJob create -> runner pod created": [
+            runner_pods.seen[k] - t for k, t in opsjob_created.items() if k in runner_pods.seen
+        ],
+        "OpsJob create -> first step started": [
+            first_step.seen[k] - t for k, t in opsjob_created.items() if k in first_step.seen
+        ],
+        "Job create -> pod created (kcm)": [
+            job_pods.seen[k] - t for k, t in job_created.items() if k in job_pods.seen
+        ],
     }
 
 

@@ -10,6 +10,7 @@ everything at the end unless --keep is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -28,10 +29,12 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
 def banner(text: str) -> None:
+    """Print a section heading."""
     print(f"\n=== {text}", flush=True)
 
 
 def wait_for_jobs(cluster: LocalCluster, namespace: str, timeout: float = 180) -> list[dict]:
+    """Wait until every OpsJob in ``namespace`` is finished (or ``timeout`` passes); return them all."""
     deadline = time.monotonic() + timeout
     while True:
         jobs = json.loads(cluster.kubectl("get", "opsjobs", "-n", namespace, "-o", "json"))["items"]
@@ -43,6 +46,7 @@ def wait_for_jobs(cluster: LocalCluster, namespace: str, timeout: float = 180) -
 
 
 def main() -> int:
+    """Run the demo; exit status 1 when an example OpsJob did not succeed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
     parser.add_argument("--dir", type=Path, default=REPO_ROOT / ".local" / "demo")
@@ -85,10 +89,8 @@ def main() -> int:
             banner("kept running; Ctrl-C stops it")
             print(f"export KUBECONFIG={cluster.admin_kubeconfig}")
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 signal.pause()
-            except KeyboardInterrupt:
-                pass
         return 1 if failed else 0
     finally:
         hosts.stop()

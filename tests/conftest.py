@@ -35,7 +35,9 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def kubelet(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeletProcess]:
+def kubelet(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KubeletProcess]:
     """The process kubelet, its Node Ready; pods scheduled to it run as local processes."""
     process = KubeletProcess(control_plane, tmp_path_factory.mktemp("kubelet"))
     process.start()

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def wait_until(probe: Callable[[], T | None], timeout: float = 60, interval: float = 0.2, what: str = "") -> T:
+def wait_until(
+    probe: Callable[[], T | None], timeout: float = 60, interval: float = 0.2, what: str = ""
+) -> T:
     """Poll ``probe`` until it returns a truthy value and return it; fail the test on timeout."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -22,7 +24,7 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 60, interval: flo
             value = probe()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}; last error: {last_error}")
@@ -36,7 +38,9 @@ class Kubectl:
     kubeconfig: Path
     namespace: str = "default"
 
-    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl; with ``check`` a non-zero exit fails with kubectl's stderr."""
         result = subprocess.run(
             [self.binary, f"--kubeconfig={self.kubeconfig}", f"--namespace={self.namespace}", *args],

@@ -28,7 +28,9 @@ _STEP_TYPES = frozenset(step_types())
 def iter_documents(paths: list[Path]) -> Iterator[tuple[Path, int, dict[str, Any]]]:
     """Yield ``(file, index, document)`` for every YAML document in files and directories."""
     for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        )
         for file in files:
             with file.open() as handle:
                 for index, document in enumerate(yaml.safe_load_all(handle)):
@@ -102,11 +104,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+    """Build the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="validate manifests offline against the API models")
-    validate.add_argument("-f", "--filename", type=Path, action="append", required=True, help="file or directory")
+    validate.add_argument(
+        "-f", "--filename", type=Path, action="append", required=True, help="file or directory"
+    )
     validate.add_argument("-v", "--verbose", action="store_true", help="also list valid objects")
     validate.set_defaults(func=_cmd_validate)
     add_run_parser(sub)

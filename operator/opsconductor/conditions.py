@@ -37,7 +37,7 @@ Status = Literal["True", "False", "Unknown"]
 
 
 def now_rfc3339() -> str:
-    """The current time as Kubernetes writes it (seconds precision, Z)."""
+    """Return the current time as Kubernetes writes it (seconds precision, Z)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

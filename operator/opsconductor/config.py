@@ -26,9 +26,11 @@ class Config:
             (``OPSCONDUCTOR_RUNNER_IMAGE``).
         runner_image_pull_policy: ``OPSCONDUCTOR_RUNNER_IMAGE_PULL_POLICY``.
         runner_cpu_request / runner_memory_request / runner_memory_limit: default runner resources.
-        namespaces: namespaces to watch; empty = cluster-wide (``OPSCONDUCTOR_NAMESPACES``, comma-separated).
+        namespaces: namespaces to watch; empty = cluster-wide (``OPSCONDUCTOR_NAMESPACES``,
+            comma-separated).
         dependency_wait_seconds: how long a new OpsJob waits for missing Targets, Credentials or
-            Secrets (GitOps may apply them after the job) before failing (``OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS``).
+            Secrets (GitOps may apply them after the job) before failing
+            (``OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS``).
         resync_seconds: how often running jobs are re-checked against their runner pod even
             without events (``OPSCONDUCTOR_RESYNC_SECONDS``).
     """

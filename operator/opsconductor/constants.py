@@ -22,15 +22,15 @@ FIELD_MANAGER = "opsconductor-operator"
 
 
 def runner_pod_name(job_name: str) -> str:
-    """The runner pod of an OpsJob (deterministic: a restart never creates a second one)."""
+    """Name the runner pod of an OpsJob (deterministic: a restart never creates a second one)."""
     return f"{job_name}-runner"
 
 
 def plan_config_map_name(job_name: str) -> str:
-    """The ConfigMap carrying the job's plan."""
+    """Name the ConfigMap carrying the job's plan."""
     return f"{job_name}-plan"
 
 
 def runner_service_account_name(job_name: str) -> str:
-    """The per-job service account whose Role allows patching only this job's status."""
+    """Name the per-job service account whose Role allows patching only this job's status."""
     return f"{job_name}-runner"

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from opsconductor.api import GROUP, OPSJOB, VERSION
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from urllib3 import HTTPResponse
 
 Manifest = dict[str, Any]
 
@@ -27,7 +32,7 @@ def load_configuration() -> None:
 
 
 def current_namespace() -> str:
-    """The namespace of the kubeconfig's current context (in a pod: the pod's namespace)."""
+    """Return the namespace of the kubeconfig's current context (in a pod: the pod's namespace)."""
     service_account_namespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
     try:
         with open(service_account_namespace) as handle:
@@ -63,7 +68,8 @@ def rbac() -> kubernetes.client.RbacAuthorizationV1Api:
 
 def is_not_found(error: ApiException) -> bool:
     """404."""
-    return error.status == 404
+    status: int | None = error.status
+    return status == 404
 
 
 def create_if_absent(manifest: Manifest) -> bool:
@@ -73,7 +79,7 @@ def create_if_absent(manifest: Manifest) -> bool:
         True when created, False when it already existed.
     """
     namespace = manifest["metadata"]["namespace"]
-    creators = {
+    creators: dict[str, Callable[..., object]] = {
         "ConfigMap": core().create_namespaced_config_map,
         "ServiceAccount": core().create_namespaced_service_account,
         "Pod": core().create_namespaced_pod,
@@ -90,15 +96,25 @@ def create_if_absent(manifest: Manifest) -> bool:
     return True
 
 
+def _json_body(response: object) -> Manifest:
+    """Decode the JSON body of a call made with ``_preload_content=False``.
+
+    The client annotates such calls with the model type, but without preloading they return the
+    undecoded ``urllib3.HTTPResponse``.
+    """
+    body: Manifest = json.loads(cast("HTTPResponse", response).data)
+    return body
+
+
 def read_pod(namespace: str, name: str) -> Manifest | None:
-    """The pod as a dict, or None."""
+    """Read the pod as a dict, or None."""
     try:
         response = core().read_namespaced_pod(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return json.loads(response.data)  # type: ignore[no-any-return]
+    return _json_body(response)
 
 
 def delete_pod(namespace: str, name: str, grace_seconds: int) -> None:
@@ -111,16 +127,20 @@ def delete_pod(namespace: str, name: str, grace_seconds: int) -> None:
 
 
 def read_opsjob(namespace: str, name: str) -> Manifest | None:
-    """The OpsJob, or None when it is gone."""
+    """Read the OpsJob, or None when it is gone."""
     try:
-        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, OPSJOB.plural, name)  # type: ignore[no-any-return]
+        return cast(
+            Manifest, custom().get_namespaced_custom_object(GROUP, VERSION, namespace, OPSJOB.plural, name)
+        )
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
 
 
-def patch_status(plural: str, namespace: str, name: str, patch: Manifest, resource_version: str | None) -> bool:
+def patch_status(
+    plural: str, namespace: str, name: str, patch: Manifest, resource_version: str | None
+) -> bool:
     """Merge-patch an object's status subresource.
 
     Args:
@@ -149,8 +169,11 @@ def patch_status(plural: str, namespace: str, name: str, patch: Manifest, resour
 
 def list_custom(plural: str, namespace: str, label_selector: str | None = None) -> list[Manifest]:
     """Objects of one of our kinds in a namespace."""
-    result = custom().list_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, label_selector=label_selector or ""
+    result = cast(
+        Manifest,
+        custom().list_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, label_selector=label_selector or ""
+        ),
     )
     return list(result.get("items", []))
 
@@ -158,7 +181,7 @@ def list_custom(plural: str, namespace: str, label_selector: str | None = None) 
 def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
     """One object of one of our kinds, or None."""
     try:
-        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)  # type: ignore[no-any-return]
+        return cast(Manifest, custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name))
     except ApiException as error:
         if is_not_found(error):
             return None
@@ -166,22 +189,22 @@ def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:
 
 
 def secret_keys(namespace: str, name: str) -> set[str] | None:
-    """The data keys of a Secret (never its values), or None when it does not exist."""
+    """Read the data keys of a Secret (never its values), or None when it does not exist."""
     try:
         response = core().read_namespaced_secret(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return set((json.loads(response.data).get("data") or {}).keys())
+    return set((_json_body(response).get("data") or {}).keys())
 
 
 def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
-    """A ConfigMap's data, or None when it does not exist."""
+    """Read a ConfigMap's data, or None when it does not exist."""
     try:
         response = core().read_namespaced_config_map(name, namespace, _preload_content=False)
     except ApiException as error:
         if is_not_found(error):
             return None
         raise
-    return dict(json.loads(response.data).get("data") or {})
+    return dict(_json_body(response).get("data") or {})

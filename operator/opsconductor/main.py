@@ -16,7 +16,7 @@ import kopf
 from opsconductor import kube
 from opsconductor.api import GROUP, OPSJOB, VERSION
 from opsconductor.config import Config
-from opsconductor.constants import LABEL_COMPONENT, LABEL_JOB, COMPONENT_RUNNER
+from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
 from opsconductor.handlers import opsjob
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
@@ -41,14 +41,15 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     opsjob.warm_up()
 
 
-def _is_active(status: dict[str, Any], **_: Any) -> bool:
-    return (status or {}).get("phase") not in TERMINAL_PHASES
+def _is_active(status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter (kopf's ``WhenFilterFn``): the OpsJob has not finished."""
+    return (status.get("phase") if status else None) not in TERMINAL_PHASES
 
 
 @kopf.on.create(GROUP, VERSION, OPSJOB.plural, id="start")
 @kopf.on.resume(GROUP, VERSION, OPSJOB.plural, id="start", when=_is_active)
 def start_opsjob(body: kopf.Body, retry: int, **_: Any) -> None:
-    """A new (or, after a restart, unfinished) OpsJob: plan it and start its runner."""
+    """Plan a new (or, after a restart, unfinished) OpsJob and start its runner."""
     opsjob.start_runner(dict(body), CONFIG, retry)
 
 
@@ -64,15 +65,21 @@ def runner_pod_changed(body: kopf.Body, **_: Any) -> None:
     opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB])
 
 
-@kopf.timer(GROUP, VERSION, OPSJOB.plural, interval=CONFIG.resync_seconds, idle=CONFIG.resync_seconds, when=_is_active)
+@kopf.timer(
+    GROUP, VERSION, OPSJOB.plural, interval=CONFIG.resync_seconds, idle=CONFIG.resync_seconds, when=_is_active
+)
 def resync_opsjob(body: kopf.Body, **_: Any) -> None:
     """Safety net for missed pod events (e.g. a pod deleted while the operator was down)."""
     if (body.get("status") or {}).get("runnerPod"):
         opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _expires(spec: dict[str, Any], status: dict[str, Any], **_: Any) -> bool:
-    return spec.get("ttlSecondsAfterFinished") is not None and (status or {}).get("phase") in TERMINAL_PHASES
+def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter (kopf's ``WhenFilterFn``): the OpsJob finished and has a TTL."""
+    return (
+        spec.get("ttlSecondsAfterFinished") is not None
+        and (status.get("phase") if status else None) in TERMINAL_PHASES
+    )
 
 
 @kopf.daemon(GROUP, VERSION, OPSJOB.plural, id="ttl", when=_expires, cancellation_timeout=1)

@@ -8,7 +8,7 @@ plan: it names files under :data:`SECRETS_ROOT` where the runner pod's Secret vo
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,7 +16,7 @@ from opsconductor.api.credential import CredentialType
 from opsconductor.api.opsjob import FailurePolicy, Step
 from opsconductor.api.target import Protocol
 
-PLAN_VERSION = 1
+PLAN_VERSION: Final = 1
 PLAN_DIR = "/etc/opsconductor/plan"
 PLAN_FILE = "plan.json"
 SECRETS_ROOT = "/var/run/opsconductor/secrets"

@@ -20,7 +20,11 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     # Watch our kinds; OpsSchedules create OpsJobs; TTL deletes finished OpsJobs.
     {"apiGroups": [GROUP], "resources": _PLURALS, "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": ["opsjobs"], "verbs": ["create", "delete"]},
-    {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in _PLURALS], "verbs": ["get", "patch", "update"]},
+    {
+        "apiGroups": [GROUP],
+        "resources": [f"{p}/status" for p in _PLURALS],
+        "verbs": ["get", "patch", "update"],
+    },
     # Runner pods and their plan ConfigMaps; ConfigMaps are also read for parameters and templates.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create"]},
@@ -29,19 +33,31 @@ OPERATOR_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
     # Per-job runner identity.
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
-    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["roles", "rolebindings"],
+        "verbs": ["get", "create"],
+    },
     # Events on our objects.
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf discovers resources and (cluster-wide) namespaces.
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "list", "watch"],
+    },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
     # kopf peering (two replicas, one active).
-    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+    {
+        "apiGroups": ["kopf.dev"],
+        "resources": ["clusterkopfpeerings", "kopfpeerings"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
 ]
 
 
 def operator_cluster_role(name: str = OPERATOR_CLUSTER_ROLE) -> dict[str, Any]:
-    """The operator's ClusterRole."""
+    """Build the operator's ClusterRole."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -50,17 +66,25 @@ def operator_cluster_role(name: str = OPERATOR_CLUSTER_ROLE) -> dict[str, Any]:
     }
 
 
-def operator_cluster_role_binding(user: str | None = None, service_account: tuple[str, str] | None = None) -> dict[str, Any]:
+def operator_cluster_role_binding(
+    user: str | None = None, service_account: tuple[str, str] | None = None
+) -> dict[str, Any]:
     """Bind the ClusterRole to a user (tests) or a service account (namespace, name)."""
     subjects: list[dict[str, str]] = []
     if user:
         subjects.append({"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"})
     if service_account:
-        subjects.append({"kind": "ServiceAccount", "namespace": service_account[0], "name": service_account[1]})
+        subjects.append(
+            {"kind": "ServiceAccount", "namespace": service_account[0], "name": service_account[1]}
+        )
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
         "metadata": {"name": OPERATOR_CLUSTER_ROLE},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR_CLUSTER_ROLE},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": OPERATOR_CLUSTER_ROLE,
+        },
         "subjects": subjects,
     }

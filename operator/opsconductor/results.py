@@ -37,7 +37,7 @@ def results_rows(job: dict[str, Any]) -> list[tuple[str, str, str, str, str, str
 
 
 def format_results(job: dict[str, Any]) -> str:
-    """The whole table, with a header line naming the job and its phase."""
+    """Format the whole table, with a header line naming the job and its phase."""
     status = job.get("status") or {}
     meta = job["metadata"]
     header = ("STEP", "TARGET", "STATUS", "EXIT", "TIME", "OUTPUT / ERROR")
@@ -48,5 +48,7 @@ def format_results(job: dict[str, Any]) -> str:
         + (f" in {status['duration']}" if status.get("duration") else "")
         + (f" — {status['message']}" if status.get("message") else "")
     ]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)

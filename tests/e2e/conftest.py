@@ -19,7 +19,9 @@ def k(kubectl: Kubectl, e2e_namespace: str, operator: OperatorProcess) -> Kubect
     return kubectl.with_namespace(e2e_namespace)
 
 
-def wait_phase(k: Kubectl, name: str, phases: tuple[str, ...] = TERMINAL, timeout: float = 90) -> dict[str, Any]:
+def wait_phase(
+    k: Kubectl, name: str, phases: tuple[str, ...] = TERMINAL, timeout: float = 90
+) -> dict[str, Any]:
     """Wait until the OpsJob reaches one of ``phases``; return it."""
 
     def reached() -> dict[str, Any] | None:
@@ -36,5 +38,7 @@ def conditions(job: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 def events_for(k: Kubectl, name: str) -> list[tuple[str, str]]:
     """(type, reason) of the Events about an object."""
-    items = json.loads(k.run("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout)
+    items = json.loads(
+        k.run("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout
+    )
     return [(e["type"], e["reason"]) for e in items["items"]]

@@ -154,7 +154,9 @@ def test_cancellation_stops_the_run_promptly(k: Kubectl) -> None:
     done = wait_phase(k, "stop", timeout=40)
     assert done["status"]["phase"] == "Cancelled"
     assert done["status"]["steps"][0]["phase"] == "Cancelled"
-    wait_until(lambda: k.run("get", "pod", "stop-runner", check=False).returncode != 0, what="the runner pod to go")
+    wait_until(
+        lambda: k.run("get", "pod", "stop-runner", check=False).returncode != 0, what="the runner pod to go"
+    )
 
 
 def test_the_job_deadline_fails_the_run(k: Kubectl) -> None:
@@ -166,7 +168,9 @@ def test_the_job_deadline_fails_the_run(k: Kubectl) -> None:
 
 def test_finished_jobs_expire_after_their_ttl(k: Kubectl) -> None:
     k.apply(job("brief", "    - {name: pause, type: wait, seconds: 1}", "  ttlSecondsAfterFinished: 1"))
-    wait_until(lambda: k.run("get", "opsjob", "brief", check=False).returncode != 0, timeout=60, what="TTL deletion")
+    wait_until(
+        lambda: k.run("get", "opsjob", "brief", check=False).returncode != 0, timeout=60, what="TTL deletion"
+    )
 
 
 def test_an_operator_restart_mid_run_completes_the_run_once(
@@ -189,7 +193,9 @@ def test_an_operator_restart_mid_run_completes_the_run_once(
     pods = json.loads(k.run("get", "pods", "-o", "json").stdout)["items"]
     assert [p["metadata"]["name"] for p in pods] == ["survivor-runner"]
     wait_until(lambda: ("Normal", "Succeeded") in events_for(k, "survivor"), what="the Succeeded event")
-    assert [e for e in events_for(k, "survivor") if e[1] in ("Started", "Succeeded")].count(("Normal", "Started")) == 1
+    assert [e for e in events_for(k, "survivor") if e[1] in ("Started", "Succeeded")].count(
+        ("Normal", "Started")
+    ) == 1
 
 
 def test_the_operator_log_shows_no_errors(operator: OperatorProcess) -> None:

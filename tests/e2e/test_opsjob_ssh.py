@@ -95,7 +95,8 @@ spec:
       mode: "0640"
     - name: check
       type: ssh.exec
-      command: cat {remote}/etc/motd.txt && stat -c %a {remote}/etc/motd.txt && echo token={{{{ params.token }}}}
+      command: cat {remote}/etc/motd.txt && stat -c %a {remote}/etc/motd.txt
+        && echo token={{{{ params.token }}}}
 """
     )
     done = wait_phase(k, "deploy", timeout=120)
@@ -152,7 +153,9 @@ spec:
     wait_until(lambda: ("Warning", "StepFailed") in events_for(k, "mitm"), what="the StepFailed event")
 
 
-def test_an_unreachable_host_fails_within_the_connect_timeout(k: Kubectl, ssh_keys: ClientKeys, sshd_server: SshdFactory) -> None:
+def test_an_unreachable_host_fails_within_the_connect_timeout(
+    k: Kubectl, ssh_keys: ClientKeys, sshd_server: SshdFactory
+) -> None:
     server = sshd_server("127.0.0.7")
     manifest = hosts_manifest([server], ssh_keys, role="gone")
     server.stop()

@@ -63,8 +63,13 @@ def test_defaults_are_applied_and_status_is_a_subresource(kubectl: Kubectl, name
     k.run("patch", "opsjob", "uname", "--type=merge", "-p", '{"status": {"phase": "Running"}}')
     assert "status" not in k.get("opsjob", "uname") or k.get("opsjob", "uname")["status"].get("phase") is None
     k.run(
-        "patch", "opsjob", "uname", "--subresource=status", "--type=merge",
-        "-p", '{"status": {"phase": "Running", "progress": {"steps": "0/1", "targets": "0/0"}}}',
+        "patch",
+        "opsjob",
+        "uname",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"phase": "Running", "progress": {"steps": "0/1", "targets": "0/0"}}}',
     )
     row = k.run("get", "opsjob", "uname", "--no-headers").stdout.split()
     assert row[1:3] == ["Running", "0/1"]
@@ -82,7 +87,12 @@ def test_owner_references_are_garbage_collected(kubectl: Kubectl, namespace: str
                 "metadata": {
                     "name": "uname-plan",
                     "ownerReferences": [
-                        {"apiVersion": "opsconductor.io/v1alpha1", "kind": "OpsJob", "name": "uname", "uid": uid}
+                        {
+                            "apiVersion": "opsconductor.io/v1alpha1",
+                            "kind": "OpsJob",
+                            "name": "uname",
+                            "uid": uid,
+                        }
                     ],
                 },
                 "data": {"plan": "{}"},
@@ -101,16 +111,30 @@ def test_rbac_is_enforced(control_plane: ControlPlane, kubectl: Kubectl, namespa
     nobody = Kubectl(kubectl.binary, control_plane.client_kubeconfig("nobody"), namespace)
     denied = nobody.run("get", "opsjobs", check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
-    kubectl.run("create", "role", "read-opsjobs", "--verb=get,list", "--resource=opsjobs.opsconductor.io", "-n", namespace)
-    kubectl.run("create", "rolebinding", "nobody-reads", "--role=read-opsjobs", "--user=nobody", "-n", namespace)
-    wait_until(lambda: nobody.run("get", "opsjobs", check=False).returncode == 0, what="the RoleBinding to apply")
+    kubectl.run(
+        "create",
+        "role",
+        "read-opsjobs",
+        "--verb=get,list",
+        "--resource=opsjobs.opsconductor.io",
+        "-n",
+        namespace,
+    )
+    kubectl.run(
+        "create", "rolebinding", "nobody-reads", "--role=read-opsjobs", "--user=nobody", "-n", namespace
+    )
+    wait_until(
+        lambda: nobody.run("get", "opsjobs", check=False).returncode == 0, what="the RoleBinding to apply"
+    )
     assert "forbidden" in nobody.run("get", "targets", check=False).stderr.lower()
     assert "forbidden" in nobody.run("get", "opsjobs", "-n", "default", check=False).stderr.lower()
 
 
 def test_service_account_tokens_are_issued(kubectl: Kubectl, namespace: str) -> None:
     k = kubectl.with_namespace(namespace)
-    wait_until(lambda: k.run("get", "serviceaccount", "default", check=False).returncode == 0, what="default SA")
+    wait_until(
+        lambda: k.run("get", "serviceaccount", "default", check=False).returncode == 0, what="default SA"
+    )
     token = k.run("create", "token", "default", "--duration=10m").stdout.strip()
     assert token.count(".") == 2
     wait_until(

@@ -26,8 +26,10 @@ def test_schemas_are_structural(kind) -> None:
     schema = crdgen.build_schema(kind)
     for path, node in walk(schema):
         assert "$ref" not in node and "oneOf" not in node and "discriminator" not in node, path
-        typed = "type" in node or node.get("x-kubernetes-preserve-unknown-fields") or node.get(
-            "x-kubernetes-int-or-string"
+        typed = (
+            "type" in node
+            or node.get("x-kubernetes-preserve-unknown-fields")
+            or node.get("x-kubernetes-int-or-string")
         )
         assert typed, f"{kind.kind}{path} has no type"
         if "anyOf" in node:

@@ -290,7 +290,8 @@ def load(kind_dir: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    "name", sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (EXAMPLES / "opsjobs").glob("*.yaml"))
+    "name",
+    sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (EXAMPLES / "opsjobs").glob("*.yaml")),
 )
 def test_examples_plan(name: str) -> None:
     jobs = {d["metadata"]["name"]: d for d in load("opsjobs")}

@@ -12,7 +12,13 @@ NOW = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
 
 def job(status: dict | None = None) -> dict:
     return {
-        "metadata": {"name": "j", "namespace": "ns", "uid": "u1", "generation": 1, "creationTimestamp": "2026-11-23T12:00:00Z"},
+        "metadata": {
+            "name": "j",
+            "namespace": "ns",
+            "uid": "u1",
+            "generation": 1,
+            "creationTimestamp": "2026-11-23T12:00:00Z",
+        },
         "spec": {"steps": []},
         "status": status or {},
     }
@@ -31,7 +37,9 @@ def summary(phase: str, message: str = "", reason: str = "") -> str:
 
 
 def test_the_runner_summary_decides_the_outcome() -> None:
-    done = pod("Failed", terminated={"exitCode": 1, "message": summary("Failed", "step restart failed on 2 targets")})
+    done = pod(
+        "Failed", terminated={"exitCode": 1, "message": summary("Failed", "step restart failed on 2 targets")}
+    )
     verdict = judge_runner(done, runner_created=True, cancel_requested=False)
     assert (verdict.phase, verdict.reason) == ("Failed", "StepsFailed")
     assert "restart" in verdict.message
@@ -46,7 +54,11 @@ def test_a_runner_that_dies_without_a_summary_is_lost() -> None:
     assert "OOM" in verdict.message
     gone = judge_runner(None, runner_created=True, cancel_requested=False)
     assert (gone.phase, gone.reason) == ("Failed", "RunnerLost")
-    deadline = judge_runner(pod("Failed", reason="DeadlineExceeded", terminated={"exitCode": 137}), runner_created=True, cancel_requested=False)
+    deadline = judge_runner(
+        pod("Failed", reason="DeadlineExceeded", terminated={"exitCode": 137}),
+        runner_created=True,
+        cancel_requested=False,
+    )
     assert deadline.reason == "DeadlineExceeded"
 
 
@@ -67,12 +79,23 @@ def test_a_runner_that_cannot_start_is_stalled() -> None:
 
 
 def test_terminal_transition_sets_times_conditions_and_events() -> None:
-    verdict = judge_runner(pod("Failed", terminated={"exitCode": 1, "message": summary("Failed", "boom")}), runner_created=True, cancel_requested=False)
+    verdict = judge_runner(
+        pod("Failed", terminated={"exitCode": 1, "message": summary("Failed", "boom")}),
+        runner_created=True,
+        cancel_requested=False,
+    )
     running = job(
         {
             "phase": "Running",
             "startTime": "2026-11-23T12:00:05Z",
-            "steps": [{"name": "restart", "phase": "Failed", "counts": {"failed": 2}, "targets": [{"target": "web-01", "phase": "Failed"}]}],
+            "steps": [
+                {
+                    "name": "restart",
+                    "phase": "Failed",
+                    "counts": {"failed": 2},
+                    "targets": [{"target": "web-01", "phase": "Failed"}],
+                }
+            ],
         }
     )
     update = status_update(running, verdict, NOW)
@@ -99,7 +122,11 @@ def test_finished_runs_never_change_and_repeats_are_no_ops() -> None:
 def test_last_transition_time_changes_only_when_status_flips() -> None:
     earlier = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
     starting = status_update(job(), judge_runner(None, runner_created=False, cancel_requested=False), earlier)
-    running = status_update(job(starting.patch["status"]), judge_runner(pod("Running"), runner_created=True, cancel_requested=False), NOW)
+    running = status_update(
+        job(starting.patch["status"]),
+        judge_runner(pod("Running"), runner_created=True, cancel_requested=False),
+        NOW,
+    )
     times = {c["type"]: c["lastTransitionTime"] for c in running.patch["status"]["conditions"]}
     assert times["Reconciling"] == "2026-11-23T11:00:00Z"  # still True
     assert times["Ready"] == "2026-11-23T11:00:00Z"  # still False

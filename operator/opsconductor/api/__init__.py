@@ -6,4 +6,14 @@
 from opsconductor.api._base import API_VERSION, GROUP, VERSION
 from opsconductor.api.kinds import CREDENTIAL, KINDS, OPSJOB, OPSSCHEDULE, TARGET, Kind
 
-__all__ = ["API_VERSION", "CREDENTIAL", "GROUP", "KINDS", "OPSJOB", "OPSSCHEDULE", "TARGET", "VERSION", "Kind"]
+__all__ = [
+    "API_VERSION",
+    "CREDENTIAL",
+    "GROUP",
+    "KINDS",
+    "OPSJOB",
+    "OPSSCHEDULE",
+    "TARGET",
+    "VERSION",
+    "Kind",
+]

@@ -28,7 +28,9 @@ LabelName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)
 ShortText = Annotated[str, Field(max_length=1024)]
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(
+    rule: str, message: str, *, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
     """One ``x-kubernetes-validations`` entry.
 
     Args:
@@ -124,7 +126,9 @@ class LabelSelector(ApiModel):
         )
     )
 
-    match_labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] | None = None
+    match_labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] | None = (
+        None
+    )
     """Labels that must all match exactly."""
     match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=32)] | None = None
     """Set-based requirements that must all hold."""
@@ -175,7 +179,8 @@ class Toleration(ApiModel):
 
 
 Quantity = Annotated[
-    int | Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")],
+    int
+    | Annotated[str, Field(max_length=64, pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")],
     Field(),
 ]
 

@@ -41,7 +41,11 @@ SECRET_KEYS: dict[str, dict[str, tuple[str, bool]]] = {
     },
     "BearerToken": {"token": ("token", False)},
     "APIKey": {"key": ("api-key", False)},
-    "ClientCertificate": {"certificate": ("tls.crt", False), "privateKey": ("tls.key", False), "ca": ("ca.crt", True)},
+    "ClientCertificate": {
+        "certificate": ("tls.crt", False),
+        "privateKey": ("tls.key", False),
+        "ca": ("ca.crt", True),
+    },
     "Kerberos": {"username": ("username", False), "password": ("password", True), "keytab": ("keytab", True)},
     "SNMPCommunity": {"community": ("community", False)},
     "SNMPv3": {

@@ -19,7 +19,9 @@ class NotifyRule(ApiModel):
     ``on``: YAML 1.1 reads an unquoted ``on`` key as the boolean true.)"""
     channel_ref: LocalObjectReference
     """A Credential of type SMTP, SlackWebhook, TeamsWebhook or Webhook: the channel to use."""
-    to: Annotated[list[Annotated[str, Field(min_length=3, max_length=320, pattern=r"^.+@.+$")]], Field(max_length=50)] = []
+    to: Annotated[
+        list[Annotated[str, Field(min_length=3, max_length=320, pattern=r"^.+@.+$")]], Field(max_length=50)
+    ] = []
     """Email recipients (SMTP channels only)."""
     duration_threshold_seconds: Annotated[int, Field(ge=1)] | None = None
     """For DurationExceeded: notify when a run takes longer than this."""

@@ -69,7 +69,8 @@ class Parameter(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=validations(
             cel(
-                "!(has(self.secret) && self.secret) || (has(self.valueFrom) && has(self.valueFrom.secretKeyRef))",
+                "!(has(self.secret) && self.secret)"
+                " || (has(self.valueFrom) && has(self.valueFrom.secretKeyRef))",
                 "a secret parameter takes its value from a Secret: set valueFrom.secretKeyRef "
                 "(never an inline default or argument)",
                 field_path=".valueFrom",
@@ -227,7 +228,9 @@ class ExecFields(ApiModel):
     """Environment variables for the command."""
     working_dir: RemotePath | None = None
     """Directory to run in."""
-    expect_exit_codes: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(max_length=32)] | None = None
+    expect_exit_codes: Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(max_length=32)] | None = (
+        None
+    )
     """Exit codes that count as success (default [0])."""
 
 
@@ -382,6 +385,7 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 
+
 def step_types() -> list[str]:
     """Every step ``type`` value, in declaration order."""
     names: list[str] = []
@@ -409,7 +413,9 @@ class RunnerSettings(ApiModel):
     """Runner image (default: the operator's configured runner image)."""
     resources: ResourceRequirements | None = None
     """Runner container resources."""
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None = None
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None = (
+        None
+    )
     """Node labels the runner pod requires."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
     """Taints the runner pod tolerates."""
@@ -459,7 +465,8 @@ class OpsJobSpec(ApiModel):
                 field_path=".steps",
             ),
             cel(
-                "!has(self.parameters) || self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
+                "!has(self.parameters)"
+                " || self.parameters.all(p, self.parameters.exists_one(q, q.name == p.name))",
                 "parameter names must be unique",
                 field_path=".parameters",
             ),

@@ -77,7 +77,9 @@ class JobTemplateMetadata(ApiModel):
 
     labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] | None = None
     """Labels of created OpsJobs."""
-    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] | None = None
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] | None = (
+        None
+    )
     """Annotations of created OpsJobs."""
 
 
@@ -113,14 +115,19 @@ class OpsScheduleSpec(ApiModel):
         )
     )
 
-    schedules: Annotated[list[Annotated[str, Field(max_length=256, pattern=CRON)]], Field(min_length=1, max_length=10)] | None = None
+    schedules: (
+        Annotated[
+            list[Annotated[str, Field(max_length=256, pattern=CRON)]], Field(min_length=1, max_length=10)
+        ]
+        | None
+    ) = None
     """Cron expressions (5 fields or @hourly-style macros); a fire is due when any matches."""
     time_zone: Annotated[str, Field(max_length=64, pattern=TIME_ZONE)] = "UTC"
     """IANA time zone the cron expressions are read in."""
     suspend: bool = False
     """Stop creating runs (active runs continue)."""
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] = "Forbid"
-    """Allow overlapping runs, Forbid (skip the fire; the default, unlike CronJob), or Replace the running one."""
+    """Allow overlapping runs, Forbid (skip the fire; the default, unlike CronJob), or Replace the running one."""  # noqa: E501 -- CRD description: a line break would show in the generated CRD
     starting_deadline_seconds: Annotated[int, Field(ge=0)] | None = None
     """A fire not started within this many seconds of its time is skipped."""
     missed_runs: Literal["RunLatest", "RunAll", "Skip"] = "RunLatest"

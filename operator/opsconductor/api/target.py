@@ -27,7 +27,10 @@ ADDRESS = (
     r"|\[?[0-9a-fA-F.]*:[0-9a-fA-F.]*:[0-9a-fA-F:.]*\]?)$"
 )
 # One line of an authorized_keys / known_hosts style public key: "<type> <base64> [comment]".
-SSH_PUBLIC_KEY = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/=]+( .*)?$"
+SSH_PUBLIC_KEY = (
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521)"
+    r" [A-Za-z0-9+/=]+( .*)?$"
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -35,7 +38,9 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class SshSettings(ApiModel):
     """How to reach the host over SSH, and how to trust it."""
 
-    host_keys: Annotated[list[Annotated[str, Field(max_length=16384, pattern=SSH_PUBLIC_KEY)]], Field(max_length=16)] = []
+    host_keys: Annotated[
+        list[Annotated[str, Field(max_length=16384, pattern=SSH_PUBLIC_KEY)]], Field(max_length=16)
+    ] = []
     """The host's public keys (``ssh-ed25519 AAAA...``), as ``ssh-keyscan`` prints them without the host."""
     known_hosts_secret_ref: SecretKeySelector | None = None
     """A Secret key holding a known_hosts file to verify the host key against."""
@@ -141,7 +146,7 @@ class TargetSpec(ApiModel):
     protocol: Protocol
     """How the host is reached: winrm, ssh, http, sql or snmp."""
     port: Port | None = None
-    """TCP/UDP port; defaults per protocol (winrm 5985/5986, ssh 22, http 80/443, sql per engine, snmp 161)."""
+    """TCP/UDP port; defaults per protocol (winrm 5985/5986, ssh 22, http 80/443, sql per engine, snmp 161)."""  # noqa: E501 -- CRD description: a line break would show in the generated CRD
     credential_ref: LocalObjectReference | None = None
     """The Credential used to log in; steps may override it."""
     connect_timeout_seconds: Annotated[int, Field(ge=1, le=300)] = 10

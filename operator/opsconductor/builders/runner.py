@@ -80,7 +80,7 @@ def _metadata(job: Manifest, name: str) -> Manifest:
 
 
 def build_plan_config_map(job: Manifest, plan: RunPlan) -> Manifest:
-    """The ConfigMap holding ``plan.json`` (no secret values: the plan names files)."""
+    """Build the ConfigMap holding ``plan.json`` (no secret values: the plan names files)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -135,7 +135,7 @@ def build_runner_pod(
     secret_names: Iterable[str],
     config_map_names: Iterable[str] = (),
 ) -> Manifest:
-    """The runner pod: restricted security context, the plan and the job's Secrets as volumes.
+    """Build the runner pod: restricted security context, the plan and the job's Secrets as volumes.
 
     Args:
         job: the OpsJob object.
@@ -159,8 +159,17 @@ def build_runner_pod(
                 "defaultMode": 0o444,
                 "sources": [
                     {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
                 ],
             },
         },
@@ -169,7 +178,11 @@ def build_runner_pod(
         {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
         {"name": "workspace", "mountPath": WORKSPACE},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True},
+        {
+            "name": "kube-api-access",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True,
+        },
     ]
     for secret in sorted(set(secret_names)):
         volume = _volume_name("secret", secret)
@@ -178,7 +191,9 @@ def build_runner_pod(
     for config_map in sorted(set(config_map_names)):
         volume = _volume_name("cm", config_map)
         volumes.append({"name": volume, "configMap": {"name": config_map}})
-        mounts.append({"name": volume, "mountPath": config_map_dir(config_map, CONFIG_MAPS_ROOT), "readOnly": True})
+        mounts.append(
+            {"name": volume, "mountPath": config_map_dir(config_map, CONFIG_MAPS_ROOT), "readOnly": True}
+        )
 
     resources = runner.get("resources") or {
         "requests": {"cpu": config.runner_cpu_request, "memory": config.runner_memory_request},
@@ -203,7 +218,10 @@ def build_runner_pod(
                 "name": RUNNER_CONTAINER,
                 "image": runner.get("image") or config.runner_image,
                 "imagePullPolicy": config.runner_image_pull_policy,
-                "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                "env": [
+                    {"name": "PYTHONUNBUFFERED", "value": "1"},
+                    {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+                ],
                 "resources": resources,
                 "volumeMounts": mounts,
                 "terminationMessagePath": TERMINATION_LOG,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
 from opsconductor import conditions as c
@@ -45,7 +46,9 @@ _CREATE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="create")
 
 def _post_events(job: Manifest, update: StatusUpdate) -> None:
     for event_type, reason, message in update.events:
-        kopf.event(job, type=event_type, reason=reason, message=message)
+        # kopf.event is annotated for kopf.Body but takes any object mapping (it reads apiVersion,
+        # kind and metadata); our handlers pass plain dicts.
+        kopf.event(job, type=event_type, reason=reason, message=message)  # type: ignore[arg-type]
 
 
 def apply_update(job: Manifest, update: StatusUpdate | None) -> bool:
@@ -57,7 +60,9 @@ def apply_update(job: Manifest, update: StatusUpdate | None) -> bool:
     if update is None:
         return True
     meta = job["metadata"]
-    applied = kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
+    applied = kube.patch_status(
+        OPSJOB.plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"]
+    )
     if applied:
         _post_events(job, update)
     return applied
@@ -73,7 +78,10 @@ def sync_with_runner(namespace: str, name: str) -> None:
         if status.get("phase") in TERMINAL_PHASES:
             return
         pod = kube.read_pod(namespace, runner_pod_name(name))
-        if pod is not None and pod["metadata"].get("labels", {}).get("opsconductor.io/job-uid") != job["metadata"]["uid"]:
+        if (
+            pod is not None
+            and pod["metadata"].get("labels", {}).get("opsconductor.io/job-uid") != job["metadata"]["uid"]
+        ):
             pod = None  # a pod of an earlier job with the same name, being garbage-collected
         verdict = judge_runner(
             pod,
@@ -101,9 +109,16 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
         apply_update(job, failure_update(job, error.reason, error.message))
         return
     except MissingReference as error:
-        age = (datetime.now(UTC) - datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))).total_seconds()
+        age = (
+            datetime.now(UTC) - datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+        ).total_seconds()
         if age < config.dependency_wait_seconds:
-            apply_update(job, waiting_update(job, c.REASON_WAITING_FOR_DEPENDENCIES, f"{error.message}; waiting for it to appear"))
+            apply_update(
+                job,
+                waiting_update(
+                    job, c.REASON_WAITING_FOR_DEPENDENCIES, f"{error.message}; waiting for it to appear"
+                ),
+            )
             raise kopf.TemporaryError(error.message, delay=min(10, 2 + retry * 2)) from error
         apply_update(job, failure_update(job, error.reason, error.message))
         return
@@ -127,11 +142,17 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
 
 
 def warm_up() -> None:
-    """Pay first-use costs before the first OpsJob: connections, the API server's watch caches for
-    our kinds (a fresh cache answers 429 "storage is (re)initializing" for a second), planning."""
+    """Pay first-use costs before the first OpsJob.
+
+    That is: connections, the API server's watch caches for our kinds (a fresh cache answers 429
+    "storage is (re)initializing" for a second), planning.
+    """
     for plural in (TARGET.plural, CREDENTIAL.plural, OPSJOB.plural):
         kube.list_custom(plural, "default")
-    job = {"metadata": {"name": "warm-up", "namespace": "default", "uid": "0"}, "spec": {"steps": [{"name": "w", "type": "wait", "seconds": 1}]}}
+    job = {
+        "metadata": {"name": "warm-up", "namespace": "default", "uid": "0"},
+        "spec": {"steps": [{"name": "w", "type": "wait", "seconds": 1}]},
+    }
     build_run_plan(job, [], {}, {}, {})
 
 
@@ -142,7 +163,12 @@ def cancel_runner(job: Manifest) -> None:
         return
     pod = kube.read_pod(meta["namespace"], runner_pod_name(meta["name"]))
     if pod is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-        kopf.event(job, type="Normal", reason="Cancelling", message="stopping the runner and its remote commands")
+        kopf.event(
+            job,  # type: ignore[arg-type]  # a plain dict: see _post_events
+            type="Normal",
+            reason="Cancelling",
+            message="stopping the runner and its remote commands",
+        )
         kube.delete_pod(meta["namespace"], pod["metadata"]["name"], TERMINATION_GRACE_SECONDS)
     sync_with_runner(meta["namespace"], meta["name"])
 
@@ -163,7 +189,10 @@ def delete_expired(job: Manifest) -> None:
             meta["namespace"],
             OPSJOB.plural,
             meta["name"],
-            body={"preconditions": {"uid": meta["uid"]}, "propagationPolicy": "Background"},
+            body=V1DeleteOptions(
+                preconditions=V1Preconditions(uid=meta["uid"]),
+                propagation_policy="Background",
+            ),
         )
     except ApiException as error:
         if error.status not in (404, 409):

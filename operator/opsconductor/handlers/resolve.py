@@ -24,7 +24,12 @@ from opsconductor.planner import (
 Manifest = dict[str, Any]
 # Reasons for objects that may simply not exist yet (GitOps tools apply in any order).
 MISSING_REASONS = frozenset(
-    {REASON_TARGET_NOT_FOUND, REASON_CREDENTIAL_NOT_FOUND, REASON_SECRET_NOT_FOUND, REASON_CONFIG_MAP_NOT_FOUND}
+    {
+        REASON_TARGET_NOT_FOUND,
+        REASON_CREDENTIAL_NOT_FOUND,
+        REASON_SECRET_NOT_FOUND,
+        REASON_CONFIG_MAP_NOT_FOUND,
+    }
 )
 
 
@@ -43,10 +48,13 @@ def _references(value: Any, kind: str) -> Iterator[str]:
         for key, item in value.items():
             lowered = key.lower()
             if isinstance(item, dict) and isinstance(item.get("name"), str):
-                if kind == "secret" and (lowered == "secret" or lowered.endswith(("secretref", "secretkeyref"))):
+                if kind == "secret" and (
+                    lowered == "secret" or lowered.endswith(("secretref", "secretkeyref"))
+                ):
                     yield item["name"]
                 if kind == "configMap" and (
-                    lowered == "configmap" or lowered.endswith(("configmapref", "configmapkeyref", "templateref"))
+                    lowered == "configmap"
+                    or lowered.endswith(("configmapref", "configmapkeyref", "templateref"))
                 ):
                     yield item["name"]
             yield from _references(item, kind)
@@ -65,7 +73,11 @@ def plan_job(job: Manifest) -> PlannedRun:
     namespace = job["metadata"]["namespace"]
     targets = kube.list_custom(TARGET.plural, namespace)
     credentials = {c["metadata"]["name"]: c for c in kube.list_custom(CREDENTIAL.plural, namespace)}
-    sources = [job.get("spec"), [t.get("spec") for t in targets], [c.get("spec") for c in credentials.values()]]
+    sources = [
+        job.get("spec"),
+        [t.get("spec") for t in targets],
+        [c.get("spec") for c in credentials.values()],
+    ]
     secret_keys: dict[str, set[str]] = {}
     for name in sorted(set(_references(sources, "secret"))):
         keys = kube.secret_keys(namespace, name)

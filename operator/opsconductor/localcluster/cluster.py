@@ -53,7 +53,10 @@ def install_crds(plane: ControlPlane, timeout: float = 60.0) -> None:
         # Not `kubectl wait`: it fails instead of waiting while a new CRD has no conditions yet.
         listed = json.loads(admin_kubectl(plane, "get", "crd", *sorted(names), "-o", "json"))["items"]
         return all(
-            any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
+            any(
+                c["type"] == "Established" and c["status"] == "True"
+                for c in (crd.get("status") or {}).get("conditions") or []
+            )
             for crd in listed
         )
 
@@ -103,7 +106,9 @@ class KubeletProcess:
             if popen.poll() is not None:
                 tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
                 raise ControlPlaneError(f"process kubelet exited with code {popen.returncode}:\n{tail}")
-            found = admin_kubectl(self.plane, "get", "node", self.node_name, "-o", "json", "--ignore-not-found")
+            found = admin_kubectl(
+                self.plane, "get", "node", self.node_name, "-o", "json", "--ignore-not-found"
+            )
             if not found.strip():
                 return False  # not registered yet
             conditions = json.loads(found).get("status", {}).get("conditions", [])

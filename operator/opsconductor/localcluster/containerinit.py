@@ -80,8 +80,10 @@ def _ensure_target(source_is_dir: bool, target: Path) -> None:
 
 
 def _open_source(source: str) -> int:
-    """Hold a mount source open (O_PATH) so a later mount over its path (e.g. an emptyDir at
-    ``/tmp`` when the kubelet's root is under ``/tmp``) cannot hide it."""
+    """Hold a mount source open (O_PATH) so a later mount over its path cannot hide it.
+
+    For example an emptyDir at ``/tmp`` when the kubelet's root is under ``/tmp``.
+    """
     try:
         return os.open(source, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -97,37 +99,64 @@ def _bind(source_fd: int, target: str, read_only: bool) -> None:
 
 
 def _blocked_ancestor(path: Path) -> Path | None:
-    """The topmost ancestor of ``path`` that other users cannot traverse (e.g. ``/root``, 0700)."""
+    """Find the topmost ancestor of ``path`` that other users cannot traverse (e.g. ``/root``, 0700)."""
     for ancestor in reversed(path.parents):
         if ancestor != Path("/") and not os.stat(ancestor).st_mode & stat.S_IXOTH:
             return ancestor
     return None
 
 
-def _expose_image_paths(paths: list[str]) -> None:
-    """Make the "image" content (the host's Python runtime) reachable for a non-root container.
+def _hold_image_paths(paths: list[str]) -> list[tuple[Path, int, Path | None]]:
+    """Open the "image" paths before any mount, so they can be put back if a volume hides them.
 
-    The host file system stands in for the image's, but the interpreter may live under a home
-    directory other users cannot traverse (pyenv under ``/root``). A real image has its runtime in
-    a readable place; so, in this container's mount namespace only, the blocking directory is
-    covered by a read-only tmpfs into which just these paths are bind-mounted back (which also
-    hides the rest of that home directory from the container).
+    Also notes, for each, the ancestor other users cannot traverse, if any (as seen before any mount).
     """
-    held: dict[Path, list[tuple[Path, int]]] = {}
+    held = []
     for raw in paths:
         path = Path(raw).resolve()
-        blocked = _blocked_ancestor(path) if path.exists() else None
+        if path.exists():
+            held.append((path, _open_source(str(path)), _blocked_ancestor(path)))
+    return held
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _expose_image_paths(held: list[tuple[Path, int, Path | None]]) -> None:
+    """Make the "image" content (the host's Python runtime and the package) reachable in the container.
+
+    The host file system stands in for the image's, which goes wrong in two ways a real image never
+    does, both fixed in this container's mount namespace only:
+
+    - the interpreter lives under a home directory other users cannot traverse (pyenv under
+      ``/root``, 0700): that directory is covered by a read-only tmpfs into which just these paths
+      are bind-mounted back (which also hides the rest of that home directory);
+    - a volume mounted over a parent (an emptyDir at ``/tmp`` while the checkout is under ``/tmp``)
+      hides them: they are bind-mounted back, read-only, on top of the volume.
+    """
+    blocked_groups: dict[Path, list[tuple[Path, int]]] = {}
+    for path, fd, blocked in held:
         if blocked is not None:
-            held.setdefault(blocked, []).append((path, _open_source(str(path))))
-    for blocked, entries in held.items():
+            blocked_groups.setdefault(blocked, []).append((path, fd))
+        elif not _same_file(path, fd):
+            _bind(fd, str(path), True)
+    for blocked, entries in blocked_groups.items():
         _check(
-            _libc.mount(b"tmpfs", str(blocked).encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), b"mode=0755"),
+            _libc.mount(
+                b"tmpfs", str(blocked).encode(), b"tmpfs", ctypes.c_ulong(MS_NOSUID | MS_NODEV), b"mode=0755"
+            ),
             f"mount tmpfs {blocked}",
         )
         for path, fd in entries:
             _bind(fd, str(path), True)
-            os.close(fd)
         _mount(None, str(blocked), MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for _path, fd, _blocked in held:
+        os.close(fd)
 
 
 def _find_executable(name: str, path_env: str) -> str:
@@ -153,7 +182,7 @@ def setup_and_exec(spec: dict[str, Any]) -> None:
         socket.sethostname(spec["hostname"])
     workdir = spec.get("workingDir") or "/"
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    _expose_image_paths(list(spec.get("imagePaths", [])))
+    image_paths = _hold_image_paths(list(spec.get("imagePaths", [])))
     mounts = list(spec.get("mounts", []))
     tlog = spec.get("terminationLog")
     if tlog:
@@ -163,6 +192,7 @@ def setup_and_exec(spec: dict[str, Any]) -> None:
         _bind(fd, m["target"], bool(m.get("readOnly")))
     for fd in sources:
         os.close(fd)
+    _expose_image_paths(image_paths)
     if spec.get("readOnlyRootFilesystem"):
         _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY)
     keep = spec.get("capabilities")

@@ -61,9 +61,7 @@ def ensure_binaries() -> Path:
     override = os.environ.get("OPSCONDUCTOR_K8S_BIN")
     if override:
         return Path(override)
-    result = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True
-    )
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(result.stdout.strip().splitlines()[-1])
 
 
@@ -94,7 +92,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
                 return
         except ControlPlaneError:
             raise
-        except Exception:  # noqa: BLE001 - any other failure means "not ready yet"
+        except Exception:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -210,7 +208,9 @@ class ControlPlane:
             "users": [
                 {"name": "user", "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)}}
             ],
-            "contexts": [{"name": "opsconductor-local", "context": {"cluster": "opsconductor-local", "user": "user"}}],
+            "contexts": [
+                {"name": "opsconductor-local", "context": {"cluster": "opsconductor-local", "user": "user"}}
+            ],
             "current-context": "opsconductor-local",
         }
         path.write_text(yaml.safe_dump(config))
@@ -298,14 +298,21 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._await(process, lambda: httpx.get(f"{self.etcd_url}/health", timeout=2).status_code == 200, timeout)
+        self._await(
+            process, lambda: httpx.get(f"{self.etcd_url}/health", timeout=2).status_code == 200, timeout
+        )
 
     def _start_apiserver(self, sa_keys: KeyPair, timeout: float) -> None:
         serving = self._ca.issue(
             "apiserver",
             common_name="kube-apiserver",
-            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                       "kubernetes.default.svc.cluster.local"),
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
             ip_addresses=("127.0.0.1", "10.0.0.1"),
             server=True,
         )
@@ -387,7 +394,7 @@ class ControlPlane:
         )
 
     def _wait_for_controllers(self, timeout: float) -> None:
-        """Controllers work once the ServiceAccount controller made ``default/default``."""
+        """Wait until controllers work, i.e. the ServiceAccount controller made ``default/default``."""
         began = time.monotonic()
         admin = self.admin_client()
 
@@ -411,7 +418,7 @@ class ControlPlane:
         self.startup_seconds["controllers"] = time.monotonic() - began
 
     def admin_client(self) -> httpx.Client:
-        """An httpx client to the API server authenticated as the admin user."""
+        """Return an httpx client to the API server authenticated as the admin user."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
         return httpx.Client(base_url=self.api_url, verify=context, timeout=10)

@@ -44,6 +44,7 @@ HOST_DIR = Path("/var/lib/opsconductor-example-hosts")
 STUB_DIR = HOST_DIR / "bin"
 SYSTEMCTL_LOG = HOST_DIR / "systemctl.log"
 SUDOERS_STUB = Path("/etc/sudoers.d/opsconductor-example-hosts")
+EXAMPLE_USER = "opsc-example"
 _SYSTEMCTL_STUB = f"""#!/bin/sh
 # Stand-in for systemctl on OpsConductor's local example hosts: records the call.
 echo "$*" >> {SYSTEMCTL_LOG}
@@ -56,7 +57,7 @@ def _load(path: Path) -> list[dict[str, Any]]:
 
 
 class _HealthHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         healthy = self.path.rstrip("/").endswith("/healthz")
         body = json.dumps({"status": "ok" if healthy else "unknown path"}).encode()
         self.send_response(200 if healthy else 404)
@@ -84,11 +85,14 @@ class ExampleHosts:
         """Start sshd per example SSH Target and the HTTP server; install the systemctl stub."""
         self._root = Path(tempfile.mkdtemp(prefix="opsc-example-hosts-"))
         self._root.chmod(0o755)
-        user = ensure_test_user(self._root / "credentials")
+        # Its own account: the sudo rule below must not widen what the SSH tests' account may do.
+        user = ensure_test_user(self._root / "credentials", name=EXAMPLE_USER)
         keys = generate_client_keys(self._root / "client-keys")
         self._factory = SshdFactory(self._root, user, keys)
         self._install_systemctl_stub(user.name)
-        ssh_targets = [t for t in _load(EXAMPLES / "targets" / "linux-web.yaml") if t["spec"]["protocol"] == "ssh"]
+        ssh_targets = [
+            t for t in _load(EXAMPLES / "targets" / "linux-web.yaml") if t["spec"]["protocol"] == "ssh"
+        ]
         for index, target in enumerate(ssh_targets):
             self.servers[target["metadata"]["name"]] = self._factory(
                 f"127.0.0.{self.first_address + index}",
@@ -120,7 +124,7 @@ class ExampleHosts:
                 staged.replace(SUDOERS_STUB)
 
     def manifests(self) -> str:
-        """The ``linux-admin`` Secret and the example Targets, pointing at the local hosts."""
+        """Render the ``linux-admin`` Secret and the example Targets, pointing at the local hosts."""
         assert self._factory is not None, "start() first"
         user, key = self._factory.user, self._factory.keys.ed25519
         documents: list[dict[str, Any]] = []
@@ -149,7 +153,7 @@ class ExampleHosts:
 
     @staticmethod
     def systemctl_calls() -> list[str]:
-        """What the stub systemctl was asked to do so far."""
+        """Return what the stub systemctl was asked to do so far."""
         return SYSTEMCTL_LOG.read_text().splitlines() if SYSTEMCTL_LOG.exists() else []
 
     def stop(self) -> None:

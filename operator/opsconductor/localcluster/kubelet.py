@@ -89,6 +89,9 @@ VOLUME_RESYNC = 60.0
 RETRY_CONFIG = 5.0
 MAX_BACKOFF = 300.0
 INIT_SCRIPT = Path(__file__).with_name("containerinit.py")
+# What every "image" contains besides the host's files: the Python runtime, the virtualenv and the
+# opsconductor source (an editable install lives in the checkout). containerinit keeps them reachable.
+IMAGE_PATHS = sorted({sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[2])})
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 TERMINAL = ("Succeeded", "Failed")
 
@@ -218,9 +221,7 @@ def _model(cls: type[_M], body: JSON) -> _M:
 class _Api:
     def __init__(self, kubeconfig: Path) -> None:
         cfg = k8s.Configuration()
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=str(kubeconfig), client_configuration=cfg
-        )
+        k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         cfg.connection_pool_maxsize = 32
         self.client = k8s.ApiClient(cfg)
         self.client.user_agent = (
@@ -751,7 +752,7 @@ class _PodWorker:
             "capabilities": podspec.container_capabilities(pod, spec),
             "errorFile": str(run_dir / "start-error"),
             # The host's Python runtime is part of every "image" (see containerinit).
-            "imagePaths": sorted({sys.base_prefix, sys.prefix}),
+            "imagePaths": IMAGE_PATHS,
             "parentPid": os.getpid(),
         }
         spec_file = run_dir / "spec.json"

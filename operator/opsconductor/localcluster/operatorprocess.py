@@ -18,7 +18,13 @@ from pathlib import Path
 import httpx
 
 from opsconductor.localcluster.cluster import admin_kubectl
-from opsconductor.localcluster.controlplane import ControlPlane, ControlPlaneError, die_with_parent, free_port, wait_for
+from opsconductor.localcluster.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    die_with_parent,
+    free_port,
+    wait_for,
+)
 from opsconductor.rbac import operator_cluster_role, operator_cluster_role_binding
 
 OPERATOR_USER = "opsconductor-operator"

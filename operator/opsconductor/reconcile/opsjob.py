@@ -19,7 +19,13 @@ Manifest = dict[str, Any]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
 # Container waiting reasons after which a runner will not start without a change.
 STUCK_WAITING_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
 )
 
 
@@ -95,7 +101,9 @@ def judge_runner(pod: Manifest | None, *, runner_created: bool, cancel_requested
         if cancel_requested:
             return Verdict("Cancelled", c.REASON_CANCELLED, "cancelled; the runner was stopped")
         if status.get("reason") == "DeadlineExceeded":
-            return Verdict("Failed", c.REASON_DEADLINE_EXCEEDED, "the run exceeded spec.activeDeadlineSeconds")
+            return Verdict(
+                "Failed", c.REASON_DEADLINE_EXCEEDED, "the run exceeded spec.activeDeadlineSeconds"
+            )
         if terminated.get("reason") == "OOMKilled":
             return Verdict(
                 "Failed",
@@ -103,7 +111,9 @@ def judge_runner(pod: Manifest | None, *, runner_created: bool, cancel_requested
                 f"runner pod {name} was OOM-killed; raise spec.runner.resources.limits.memory",
             )
         if status.get("reason") == "Evicted":
-            return Verdict("Failed", c.REASON_RUNNER_LOST, f"runner pod {name} was evicted: {status.get('message', '')}")
+            return Verdict(
+                "Failed", c.REASON_RUNNER_LOST, f"runner pod {name} was evicted: {status.get('message', '')}"
+            )
         detail = (terminated.get("message") or "").strip().splitlines()[-3:]
         return Verdict(
             "Failed",
@@ -160,7 +170,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def status_update(job: Manifest, verdict: Verdict, now: datetime | None = None) -> StatusUpdate | None:
-    """The status patch that brings ``job`` to ``verdict``, or None when nothing changes.
+    """Compute the status patch that brings ``job`` to ``verdict``, or None when nothing changes.
 
     Args:
         job: the OpsJob as last read.
@@ -196,7 +206,12 @@ def status_update(job: Manifest, verdict: Verdict, now: datetime | None = None) 
     else:
         put(c.READY, "False", verdict.reason, verdict.message or f"the run is {verdict.phase.lower()}")
         put(c.RECONCILING, "False" if verdict.stalled else "True", verdict.reason, verdict.message)
-        put(c.STALLED, "True" if verdict.stalled else "False", verdict.reason, verdict.message if verdict.stalled else "")
+        put(
+            c.STALLED,
+            "True" if verdict.stalled else "False",
+            verdict.reason,
+            verdict.message if verdict.stalled else "",
+        )
 
     patch: Manifest = {"phase": verdict.phase, "observedGeneration": generation, "conditions": conditions}
     if verdict.terminal:
@@ -244,12 +259,14 @@ def _strip_times(conditions: list[Manifest]) -> list[Manifest]:
 
 
 def failure_update(job: Manifest, reason: str, message: str, now: datetime | None = None) -> StatusUpdate:
-    """A run that fails before its runner starts (invalid spec, missing target, bad template)."""
+    """Return the update failing a run that cannot start (invalid spec, missing target, bad template)."""
     update = status_update(job, Verdict("Failed", reason, message), now)
     assert update is not None, "a non-terminal job always changes when it fails"
     return update
 
 
-def waiting_update(job: Manifest, reason: str, message: str, now: datetime | None = None) -> StatusUpdate | None:
-    """A run waiting for something it references (Target, Credential, Secret) to appear."""
+def waiting_update(
+    job: Manifest, reason: str, message: str, now: datetime | None = None
+) -> StatusUpdate | None:
+    """Return the update for a run waiting for something it references (Target, Credential, Secret)."""
     return status_update(job, Verdict("Pending", reason, message), now)

@@ -28,11 +28,11 @@ class SecretStore(TypingProtocol):
     """Reads secret values from mounted files and masks every value it has handed out."""
 
     def read(self, path: str) -> str:
-        """The file's content (trailing newline kept as is); registered for masking."""
+        """Read the file's content (trailing newline kept as is); registered for masking."""
         ...
 
     def read_bytes(self, path: str) -> bytes:
-        """The file's raw content; registered for masking when it decodes as text."""
+        """Read the file's raw content; registered for masking when it decodes as text."""
         ...
 
     def mask(self, text: str) -> str:
