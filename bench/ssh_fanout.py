@@ -10,7 +10,9 @@ with fresh connections in every run and an Ed25519 client key:
 - ``ansible``: ``ansible all -m raw -a 'uname -a' -f FORKS`` (ansible-core), host keys checked against a
   generated known_hosts file, no ControlMaster/ControlPersist (fresh connections);
 - ``pssh``: parallel-ssh's ``ParallelSSHClient(pool_size=FORKS)`` (libssh2; it has no host key check);
-- ``openssh``: ``xargs -P FORKS ssh ... 'uname -a'``, the floor.
+- ``openssh``: ``xargs -P FORKS ssh ... 'uname -a'``, the floor; ``openssh-x25519`` the same with
+  ``KexAlgorithms=curve25519-sha256`` (what paramiko and libssh2 negotiate; OpenSSH's default
+  post-quantum sntrup761x25519 costs the ssh client ~90 ms CPU more per connection).
 
 ansible-core and parallel-ssh are installed into a separate virtualenv (``~/.cache/opsconductor/
 bench-venv``, or ``$OPSC_BENCH_VENV``) on first use. Needs root (sshd, the test user) and Debian's
@@ -19,12 +21,18 @@ openssh-server/openssh-client.
 Measured per run: wall time; client CPU = user+sys of the tool's process and every descendant it
 waited for (``os.wait4`` rusage: ansible's forks and their ssh processes, xargs' ssh processes);
 peak memory = the largest sum of PSS over the tool's process tree (sampled every 0.2 s) and the
-largest single process's max RSS. Every run's output is parsed and the successful targets counted;
-failures are printed. Runs are interleaved (repetition by repetition, tool order rotated) so
-background load hits every tool alike. The table shows medians.
+largest single process's VmHWM; sshd CPU = what the servers spent on the run's connections. Every
+run's output is parsed and the successful targets counted; failures are printed. Runs are
+interleaved (repetition by repetition, tool order rotated) so background load hits every tool
+alike. The table shows medians.
 
     .venv/bin/python bench/ssh_fanout.py [--targets 50,200] [--tools opsconductor,ansible,pssh,openssh]
-        [--repeat 3] [--forks 50] [--opsc-concurrency default,10,25,50] [--json results.json]
+        [--repeat 3] [--forks 50] [--opsc-concurrency default,10,25,50] [--remote-sleep 0.2]
+        [--json results.json]
+
+``--remote-sleep S`` runs ``sleep S; uname -a``: per-target latency that costs no CPU on this machine,
+as remote hosts and real networks would (loopback with sshd on the client's cores is the worst
+case for high concurrency).
 
 ``--profile N:C`` instead runs the engine in-process on N targets with concurrency C (``default``
 for the engine's default) under cProfile and prints where the time goes.
@@ -796,7 +804,10 @@ def report(results: list[Result], tools: list[Tool], targets: list[int], forks: 
             f"CPU/ans = tool CPU / Ansible CPU. forks={forks}"
         )
         opsc = {name: m for name, m in med.items() if name.startswith("opsconductor")}
-        if opsc and ansible and floor:
+        incomplete = sorted({r.tool for rs in rows.values() for r in rs if r.ok < n})
+        if incomplete:
+            print(f"goal check: not valid, these did not reach every target: {', '.join(incomplete)}")
+        elif opsc and ansible and floor:
             best = min(opsc, key=lambda name: opsc[name]["wall"])
             b = opsc[best]
             print(

@@ -35,7 +35,7 @@ from opsconductor.runner.protocols.base import StepContext, StepOutcome
 from opsconductor.runner.reporting import OutputLog
 from opsconductor.runner.results import STATUS_MAX_BYTES, RunState, TargetRecord, serialized_size
 from opsconductor.runner.secrets import FileSecretStore
-from tests.fixtures.sshd import SshServer, TestUser
+from tests.fixtures.sshd import ClientKeys, SshdFactory, SshServer, TestUser
 from tests.runner.servers import as_json, serve, text
 
 STEP: TypeAdapter[Any] = TypeAdapter(Step)
@@ -731,3 +731,35 @@ def test_step_credential_entries_report_the_target_name() -> None:
     record = result.state.steps[1].targets[0]
     assert record.target == "a"
     assert record.stdout.text() == "a one\n"
+
+
+def test_many_targets_on_one_sshd_do_not_overrun_its_max_startups(
+    sshd_server: SshdFactory, ssh_keys: ClientKeys, ssh_test_user: TestUser, tmp_path: Path
+) -> None:
+    # An sshd that drops every unauthenticated connection beyond 8 (MaxStartups start:rate:full):
+    # 30 Target names for that one host at concurrency 30 only succeed because the SSH session caps
+    # the handshakes in flight per address:port.
+    server = sshd_server("127.0.0.9", extra_config=["MaxStartups 8:100:8"])
+    (tmp_path / "username").write_text(ssh_test_user.name)
+    credential = PlanCredential(
+        name="key",
+        type="SSHKey",
+        files={"username": str(tmp_path / "username"), "privateKey": str(ssh_keys.ed25519.path)},
+    )
+    targets = [
+        PlanTarget(
+            name=f"alias-{i:02d}",
+            address=server.address,
+            port=server.port,
+            protocol="ssh",
+            credential=credential,
+            host_keys=server.host_key_lines,
+        )
+        for i in range(30)
+    ]
+    plan = make_plan(
+        [({"name": "uname", "command": "uname"}, [t.name for t in targets])], targets, concurrency=30
+    )
+    result = Engine(plan, FileSecretStore(), output=OutputLog(io.StringIO())).run()
+    assert result.summary.phase == "Succeeded", result.summary.message
+    assert {t.phase for t in result.state.steps[0].targets} == {"Succeeded"}

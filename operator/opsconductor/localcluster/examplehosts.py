@@ -45,6 +45,9 @@ STUB_DIR = HOST_DIR / "bin"
 SYSTEMCTL_LOG = HOST_DIR / "systemctl.log"
 SUDOERS_STUB = Path("/etc/sudoers.d/opsconductor-example-hosts")
 EXAMPLE_USER = "opsc-example"
+# Files the examples create on their hosts (all hosts share this machine's file system); removed
+# at start so every run begins from a clean host, whoever ran the examples before.
+EXAMPLE_OUTPUTS = (Path("/tmp/web01-config.tgz"), Path("/tmp/backups"))
 _SYSTEMCTL_STUB = f"""#!/bin/sh
 # Stand-in for systemctl on OpsConductor's local example hosts: records the call.
 echo "$*" >> {SYSTEMCTL_LOG}
@@ -83,6 +86,11 @@ class ExampleHosts:
 
     def start(self) -> None:
         """Start sshd per example SSH Target and the HTTP server; install the systemctl stub."""
+        for output in EXAMPLE_OUTPUTS:
+            if output.is_dir():
+                shutil.rmtree(output, ignore_errors=True)
+            else:
+                output.unlink(missing_ok=True)
         self._root = Path(tempfile.mkdtemp(prefix="opsc-example-hosts-"))
         self._root.chmod(0o755)
         # Its own account: the sudo rule below must not widen what the SSH tests' account may do.

@@ -89,6 +89,10 @@ EXIT_DRAIN_LIMIT_SECONDS = 30.0
 LOG_LINE_BYTES = 16 * 1024
 """Longer output lines go to the log in pieces of this size."""
 KEEPALIVE_SECONDS = 30
+HANDSHAKES_PER_ENDPOINT = 4
+"""Connections being opened at once to one ``address:port``. sshd's default ``MaxStartups 10:30:100``
+drops unauthenticated connections beyond 10, so Targets that share one sshd (several Target names for
+one host, hosts behind one NAT address and port) must not all connect at once."""
 CHUNK = 32 * 1024
 DEFAULT_SHELL = "/bin/sh"
 DEFAULT_DIR_MODE = 0o755
@@ -1223,6 +1227,15 @@ def connect(target: PlanTarget, ctx: StepContext, log: Callable[[str], None] | N
     return _Connection(transport, where, login.username, offered)
 
 
+def _acquire(lock: threading.Lock | threading.BoundedSemaphore, ctx: StepContext, where: str) -> None:
+    """Wait for a lock or semaphore, honouring cancellation and the step deadline."""
+    while not lock.acquire(timeout=_POLL):
+        if ctx.cancel.is_set():
+            raise SshStepError(f"ssh {where}: cancelled while waiting for the connection", cancelled=True)
+        if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+            raise SshStepError(f"ssh {where}: the step timed out waiting for the connection", timed_out=True)
+
+
 @dataclass
 class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -1235,6 +1248,7 @@ class TransportPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._slots: dict[tuple[str, str], _Slot] = {}
+        self._handshakes: dict[tuple[str, int], threading.BoundedSemaphore] = {}
         self._closed = False
 
     @staticmethod
@@ -1263,21 +1277,22 @@ class TransportPool:
             if self._closed:
                 raise SshStepError("the SSH session is closed")
             slot = self._slots.setdefault(self.key(target), _Slot())
+            handshakes = self._handshakes.setdefault(
+                (target.address, target.port), threading.BoundedSemaphore(HANDSHAKES_PER_ENDPOINT)
+            )
         where = endpoint(target.address, target.port)
-        while not slot.lock.acquire(timeout=_POLL):
-            if ctx.cancel.is_set():
-                raise SshStepError(f"ssh {where}: cancelled while waiting for the connection", cancelled=True)
-            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
-                raise SshStepError(
-                    f"ssh {where}: the step timed out waiting for the connection", timed_out=True
-                )
+        _acquire(slot.lock, ctx, where)
         try:
             if slot.connection is not None and slot.connection.alive:
                 return slot.connection
             if slot.connection is not None:
                 slot.connection.close()
                 slot.connection = None
-            slot.connection = connect(target, ctx, log)
+            _acquire(handshakes, ctx, where)
+            try:
+                slot.connection = connect(target, ctx, log)
+            finally:
+                handshakes.release()
             with self._lock:
                 closed = self._closed
             if closed:
