@@ -60,9 +60,10 @@ def cancel_opsjob(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_COMPONENT: COMPONENT_RUNNER, LABEL_JOB: kopf.PRESENT})
-def runner_pod_changed(body: kopf.Body, **_: Any) -> None:
+def runner_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Any change of a runner pod: re-derive its job's status."""
-    opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB])
+    pod = None if type == "DELETED" else dict(body)
+    opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB], pod)
 
 
 @kopf.timer(

@@ -68,16 +68,27 @@ def apply_update(job: Manifest, update: StatusUpdate | None) -> bool:
     return applied
 
 
-def sync_with_runner(namespace: str, name: str) -> None:
-    """Bring the job's status in line with its runner pod (idempotent; safe to call any time)."""
-    for _attempt in range(5):
+def sync_with_runner(namespace: str, name: str, pod_seen: Manifest | None = None) -> None:
+    """Bring the job's status in line with its runner pod (idempotent; safe to call any time).
+
+    Args:
+        namespace: the job's namespace.
+        name: the job's name.
+        pod_seen: the runner pod as a pod event just delivered it (saves reading it again; after a
+            conflict the pod is read afresh).
+    """
+    for attempt in range(5):
         job = kube.read_opsjob(namespace, name)
         if job is None:
             return
         status = job.get("status") or {}
         if status.get("phase") in TERMINAL_PHASES:
             return
-        pod = kube.read_pod(namespace, runner_pod_name(name))
+        pod = (
+            pod_seen
+            if attempt == 0 and pod_seen is not None
+            else kube.read_pod(namespace, runner_pod_name(name))
+        )
         if (
             pod is not None
             and pod["metadata"].get("labels", {}).get("opsconductor.io/job-uid") != job["metadata"]["uid"]
@@ -138,7 +149,7 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
     update = status_update(job, judge_runner(None, runner_created=False, cancel_requested=False))
     patch = {"status": {**(update.patch["status"] if update else {}), "runnerPod": pod["metadata"]["name"]}}
     kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], patch, None)
-    sync_with_runner(meta["namespace"], meta["name"])
+    # From here on the runner pod's events drive the status (runner_pod_changed).
 
 
 def warm_up() -> None:
