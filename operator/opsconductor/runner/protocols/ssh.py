@@ -1661,6 +1661,21 @@ class SshSession:
         return StepOutcome(ok=True, outputs={"uploaded": str(len(pairs)), "bytes": str(sent_bytes)})
 
     # --- sftp ---
+    @contextlib.contextmanager
+    def _sftp_session(self, target: PlanTarget, conn: _Connection, sftp: Any) -> Iterator[None]:
+        """Map SFTP failures to step errors (dropping a broken connection) and close the client."""
+        try:
+            yield
+        except SshStepError:
+            raise
+        except OSError as exc:
+            raise SshStepError(_sftp_error(conn.where, exc)) from None
+        except (paramiko.SSHException, EOFError) as exc:
+            self.pool.discard(target, conn)
+            raise SshStepError(f"ssh {conn.where}: the connection broke during SFTP: {exc}") from None
+        finally:
+            sftp.close()
+
     def _sftp(self, target: PlanTarget, ctx: StepContext, log: _Logger) -> tuple[_Connection, Any]:
         for attempt in (1, 2):
             conn = self.pool.get(target, ctx, log)
@@ -1706,7 +1721,7 @@ class SshSession:
         conn, sftp = self._sftp(target, ctx, log)
         uploaded = unchanged = deleted = 0
         sent_bytes = 0
-        try:
+        with self._sftp_session(target, conn, sftp):
             made: set[str] = set()
             _sftp_makedirs(sftp, root, made)
             for rel, mode in sources.directories:
@@ -1724,15 +1739,7 @@ class SshSession:
                 wanted = {posixpath.normpath(remote) for _, remote in pairs}
                 wanted |= {posixpath.normpath(posixpath.join(root, rel)) for rel, _ in sources.directories}
                 deleted = _sftp_delete_extra(sftp, root, wanted, ctx, conn.where, log)
-        except SshStepError:
-            raise
-        except OSError as exc:
-            raise SshStepError(_sftp_error(conn.where, exc)) from None
-        except (paramiko.SSHException, EOFError) as exc:
-            self.pool.discard(target, conn)
-            raise SshStepError(f"ssh {conn.where}: the connection broke during SFTP: {exc}") from None
-        finally:
-            sftp.close()
+
         summary = f"{uploaded} uploaded ({sent_bytes} bytes)"
         if sync:
             summary += f", {unchanged} unchanged, {deleted} deleted"
@@ -1754,7 +1761,7 @@ class SshSession:
         conn, sftp = self._sftp(target, ctx, log)
         count = 0
         total = 0
-        try:
+        with self._sftp_session(target, conn, sftp):
             try:
                 with _about(step.remote_path):
                     st = sftp.stat(step.remote_path)
@@ -1774,15 +1781,7 @@ class SshSession:
                 with _about(step.remote_path):
                     total += _sftp_download(sftp, step.remote_path, local, st, ctx, conn.where)
                 count = 1
-        except SshStepError:
-            raise
-        except OSError as exc:
-            raise SshStepError(_sftp_error(conn.where, exc)) from None
-        except (paramiko.SSHException, EOFError) as exc:
-            self.pool.discard(target, conn)
-            raise SshStepError(f"ssh {conn.where}: the connection broke during SFTP: {exc}") from None
-        finally:
-            sftp.close()
+
         rel_path = local.relative_to(ctx.workspace.resolve()).as_posix()
         log(f"sftp.download {step.remote_path} -> workspace {rel_path}: {count} file(s), {total} bytes")
         return StepOutcome(ok=True, outputs={"downloaded": str(count), "bytes": str(total), "path": rel_path})
