@@ -16,6 +16,9 @@ class RecordingServer:
     url: str
     requests: list[tuple[str, str, bytes]] = field(default_factory=list)
     hits: threading.Condition = field(default_factory=threading.Condition)
+    held_paths: set[str] = field(default_factory=set)
+    """Requests to these paths are answered only once ``release`` is set (at most 120 s later)."""
+    release: threading.Event = field(default_factory=threading.Event)
 
     def count(self, path: str) -> int:
         """How many requests reached ``path``."""
@@ -36,6 +39,8 @@ def recording_server(status: int = 200) -> Iterator[RecordingServer]:
             with recorder.hits:
                 recorder.requests.append((self.command, self.path, body))
                 recorder.hits.notify_all()
+            if self.path in recorder.held_paths:
+                recorder.release.wait(120)
             payload = b'{"status": "ok"}'
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -177,18 +177,23 @@ def test_an_operator_restart_mid_run_completes_the_run_once(
     k: Kubectl, operator: OperatorProcess, control_plane: ControlPlane
 ) -> None:
     with recording_server() as server:
+        # The first step blocks in the server until released: the run is certainly mid-flight
+        # while the operator is killed and started again.
+        server.held_paths.add("/hold")
         k.apply(
             job(
                 "survivor",
-                f"""    - {{name: pause, type: wait, seconds: 4}}
+                f"""    - {{name: hold, type: http.get, url: "{server.url}/hold", timeoutSeconds: 300}}
     - {{name: report, type: http.post, url: "{server.url}/done", body: {{text: once}}}}""",
             )
         )
-        wait_phase(k, "survivor", ("Running",))
+        wait_until(lambda: server.count("/hold") == 1, timeout=120, what="the runner to reach the first step")
         operator.kill()
         operator.start()
+        server.release.set()
         done = wait_phase(k, "survivor")
         assert done["status"]["phase"] == "Succeeded"
+        assert server.count("/hold") == 1
         assert server.count("/done") == 1
     pods = json.loads(k.run("get", "pods", "-o", "json").stdout)["items"]
     assert [p["metadata"]["name"] for p in pods] == ["survivor-runner"]
