@@ -134,6 +134,8 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
         apply_update(job, failure_update(job, error.reason, error.message))
         return
 
+    # Pending with its conditions first (guarded by resourceVersion like every transition).
+    apply_update(job, status_update(job, judge_runner(None, runner_created=False, cancel_requested=False)))
     runner = job["spec"].get("runner") or {}
     rbac = [] if runner.get("serviceAccountName") else build_runner_rbac(job)
     pod = build_runner_pod(job, config, planned.secrets, planned.config_maps)
@@ -145,11 +147,15 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
     for batch in (first, second):
         list(_CREATE_POOL.map(kube.create_if_absent, batch))
     # Recorded only after the pod exists: a restarted operator that finds runnerPod set and no pod
-    # knows the runner was lost, and never starts a second run.
-    update = status_update(job, judge_runner(None, runner_created=False, cancel_requested=False))
-    patch = {"status": {**(update.patch["status"] if update else {}), "runnerPod": pod["metadata"]["name"]}}
-    kube.patch_status(OPSJOB.plural, meta["namespace"], meta["name"], patch, None)
-    # From here on the runner pod's events drive the status (runner_pod_changed).
+    # knows the runner was lost, and never starts a second run. Only runnerPod is written here: the
+    # pod's events may already have moved the phase on (runner_pod_changed), which must not regress.
+    kube.patch_status(
+        OPSJOB.plural,
+        meta["namespace"],
+        meta["name"],
+        {"status": {"runnerPod": pod["metadata"]["name"]}},
+        None,
+    )
 
 
 def warm_up() -> None:
