@@ -188,6 +188,9 @@ def test_an_operator_restart_mid_run_completes_the_run_once(
             )
         )
         wait_until(lambda: server.count("/hold") == 1, timeout=120, what="the runner to reach the first step")
+        # Events are posted asynchronously: let the first operator post Started before it dies, so
+        # the count below checks that the restarted one does not post it again.
+        wait_until(lambda: ("Normal", "Started") in events_for(k, "survivor"), what="the Started event")
         operator.kill()
         operator.start()
         server.release.set()

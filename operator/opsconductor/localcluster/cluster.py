@@ -17,7 +17,9 @@ from opsconductor.localcluster.controlplane import (
     REPO_ROOT,
     ControlPlane,
     ControlPlaneError,
-    die_with_parent,
+    exit_error,
+    spawn_logged,
+    terminate,
     wait_for,
 )
 
@@ -82,30 +84,24 @@ class KubeletProcess:
     def start(self, timeout: float = 60.0) -> None:
         """Start the kubelet and wait until its Node is Ready."""
         began = time.monotonic()
-        with self.log.open("ab") as log_file:
-            self._popen = popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "opsconductor.localcluster.kubelet",
-                    f"--kubeconfig={self.plane.node_kubeconfig(self.node_name)}",
-                    f"--node-name={self.node_name}",
-                    f"--root-dir={self.root_dir}",
-                    f"--images={self.image_table}",
-                    f"--api-host={self.plane.api_host}",
-                    f"--api-port={self.plane.api_port}",
-                ],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self._popen = popen = spawn_logged(
+            [
+                sys.executable,
+                "-m",
+                "opsconductor.localcluster.kubelet",
+                f"--kubeconfig={self.plane.node_kubeconfig(self.node_name)}",
+                f"--node-name={self.node_name}",
+                f"--root-dir={self.root_dir}",
+                f"--images={self.image_table}",
+                f"--api-host={self.plane.api_host}",
+                f"--api-port={self.plane.api_port}",
+            ],
+            self.log,
+        )
 
         def node_ready() -> bool:
             if popen.poll() is not None:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-                raise ControlPlaneError(f"process kubelet exited with code {popen.returncode}:\n{tail}")
+                raise exit_error("the process kubelet", popen, self.log)
             found = admin_kubectl(
                 self.plane, "get", "node", self.node_name, "-o", "json", "--ignore-not-found"
             )
@@ -119,13 +115,7 @@ class KubeletProcess:
 
     def stop(self) -> None:
         """SIGTERM the kubelet (it kills its pods' processes), SIGKILL after 30 s."""
-        if self._popen is not None and self._popen.poll() is None:
-            self._popen.terminate()
-            try:
-                self._popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._popen.kill()
-                self._popen.wait()
+        terminate(self._popen, 30)
         self._popen = None
 
 

@@ -45,6 +45,55 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def spawn_logged(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own session, stdout and stderr appended to ``log``, dying with us.
+
+    Args:
+        argv: the command.
+        log: the log file (appended to).
+        env: the environment (default: ours).
+
+    Returns:
+        The running child.
+    """
+    with log.open("ab") as log_file:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    """Return the last lines of a log file (for error messages)."""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def exit_error(what: str, popen: subprocess.Popen[bytes], log: Path) -> ControlPlaneError:
+    """Build the error for a child that exited while we waited for it to become ready."""
+    tail = log_tail(log)
+    return ControlPlaneError(f"{what} exited with code {popen.returncode}; log {log}:\n{tail}")
+
+
+def terminate(popen: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a child, and SIGKILL its process group if it has not exited after ``timeout`` s."""
+    if popen is None or popen.poll() is not None:
+        return
+    popen.terminate()
+    try:
+        popen.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+
+
 class ControlPlaneError(RuntimeError):
     """A component failed to start; the message names it and the tail of its log."""
 
@@ -109,10 +158,7 @@ class _Process:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log, lines)
 
     def peak_rss_kib(self) -> int | None:
         """Peak resident memory (VmHWM) of the process, while it runs."""
@@ -250,16 +296,7 @@ class ControlPlane:
 
     def _spawn(self, name: str, args: list[str]) -> _Process:
         log = self.logs_dir / f"{name}.log"
-        with log.open("ab") as log_file:
-            popen = subprocess.Popen(
-                [self.binary(name), *args],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        process = _Process(name, popen, log)
+        process = _Process(name, spawn_logged([self.binary(name), *args], log), log)
         self._processes.append(process)
         return process
 

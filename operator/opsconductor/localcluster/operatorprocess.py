@@ -20,9 +20,10 @@ import httpx
 from opsconductor.localcluster.cluster import admin_kubectl
 from opsconductor.localcluster.controlplane import (
     ControlPlane,
-    ControlPlaneError,
-    die_with_parent,
+    exit_error,
     free_port,
+    spawn_logged,
+    terminate,
     wait_for,
 )
 from opsconductor.rbac import operator_cluster_role, operator_cluster_role_binding
@@ -62,21 +63,13 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        with self.log.open("ab") as log_file:
-            self._popen = popen = subprocess.Popen(
-                [sys.executable, "-m", "opsconductor", "--standalone"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self._popen = popen = spawn_logged(
+            [sys.executable, "-m", "opsconductor", "--standalone"], self.log, env
+        )
 
         def healthy() -> bool:
             if popen.poll() is not None:
-                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-                raise ControlPlaneError(f"operator exited with code {popen.returncode}:\n{tail}")
+                raise exit_error("the operator", popen, self.log)
             return httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2).status_code == 200
 
         began = time.monotonic()
@@ -91,11 +84,6 @@ class OperatorProcess:
         self._popen = None
 
     def stop(self) -> None:
-        """SIGTERM and wait (kopf stops gracefully)."""
-        if self._popen is not None and self._popen.poll() is None:
-            self._popen.terminate()
-            try:
-                self._popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM and wait (kopf stops gracefully), SIGKILL after 20 s."""
+        terminate(self._popen, 20)
         self._popen = None

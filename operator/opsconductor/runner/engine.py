@@ -671,29 +671,6 @@ class Engine:
             log.warning("reporter %s failed", method, exc_info=True)
 
 
-def run_plan(
-    plan: RunPlan,
-    secrets: SecretStore,
-    *,
-    reporter: Reporter | None = None,
-    cancel: threading.Event | None = None,
-    output: OutputLog | None = None,
-    session_kinds: tuple[SessionKind, ...] = DEFAULT_SESSION_KINDS,
-    workspace: Path | None = None,
-) -> RunResult:
-    """Run a plan to the end; see :class:`Engine` for the arguments."""
-    engine = Engine(
-        plan,
-        secrets,
-        reporter=reporter,
-        cancel=cancel,
-        output=output,
-        session_kinds=session_kinds,
-        workspace=workspace,
-    )
-    return engine.run()
-
-
 def session_kinds_with(overrides: Mapping[str, SessionFactory]) -> tuple[SessionKind, ...]:
     """Return the default session kinds with some factories replaced (by kind name)."""
     return tuple(
