@@ -34,3 +34,10 @@ def plan_config_map_name(job_name: str) -> str:
 def runner_service_account_name(job_name: str) -> str:
     """Name the per-job service account whose Role allows patching only this job's status."""
     return f"{job_name}-runner"
+
+
+# OpsSchedule → OpsJob links (issue 5 owns their use; notifications read them).
+LABEL_SCHEDULE = f"{GROUP}/schedule"
+"""On OpsJobs an OpsSchedule created: the schedule's name."""
+ANNOTATION_SCHEDULED_TIME = f"{GROUP}/scheduled-time"
+"""On OpsJobs an OpsSchedule created: the fire (RFC 3339, UTC) the run belongs to."""
