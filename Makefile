@@ -31,9 +31,11 @@ binaries:
 ## Regenerate crds/ and charts/opsconductor/crds/ from the pydantic models.
 crds: $(STAMP)
 	$(PY) -m opsconductor.crdgen
+	$(PY) -m opsconductor.chartgen
 
 check-crds: $(STAMP)
 	$(PY) -m opsconductor.crdgen --check
+	$(PY) -m opsconductor.chartgen --check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests bench hack

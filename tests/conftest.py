@@ -11,6 +11,7 @@ import pytest
 from opsconductor.localcluster.cluster import KubeletProcess, install_crds
 from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
+from tests.helm import Helm
 from tests.kube import Kubectl
 
 pytest_plugins = ["tests.fixtures.sshd"]
@@ -70,6 +71,12 @@ def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[O
 def kubectl(control_plane: ControlPlane) -> Kubectl:
     """kubectl as the cluster admin, in namespace default."""
     return Kubectl(control_plane.binary("kubectl"), control_plane.admin_kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """helm as the cluster admin."""
+    return Helm(control_plane.binary("helm"), control_plane.admin_kubeconfig, tmp_path_factory.mktemp("helm"))
 
 
 def fresh_namespace(kubectl: Kubectl, request: pytest.FixtureRequest, prefix: str) -> Iterator[str]:

@@ -43,7 +43,12 @@ class Kubectl:
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl; with ``check`` a non-zero exit fails with kubectl's stderr."""
         result = subprocess.run(
-            [self.binary, f"--kubeconfig={self.kubeconfig}", f"--namespace={self.namespace}", *args],
+            [
+                self.binary,
+                f"--kubeconfig={self.kubeconfig}",
+                *([f"--namespace={self.namespace}"] if self.namespace else []),  # "": the objects' own
+                *args,
+            ],
             input=input,
             capture_output=True,
             text=True,

@@ -33,6 +33,8 @@ class Config:
             (``OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS``).
         resync_seconds: how often running jobs are re-checked against their runner pod even
             without events (``OPSCONDUCTOR_RESYNC_SECONDS``).
+        metrics_address: ``host:port`` to serve Prometheus metrics on; empty = none
+            (``OPSCONDUCTOR_METRICS_ADDRESS``).
     """
 
     runner_image: str = DEFAULT_RUNNER_IMAGE
@@ -43,6 +45,7 @@ class Config:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     dependency_wait_seconds: int = 60
     resync_seconds: int = 30
+    metrics_address: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -57,4 +60,5 @@ class Config:
             namespaces=_env_list("OPSCONDUCTOR_NAMESPACES"),
             dependency_wait_seconds=int(env.get("OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS", "60")),
             resync_seconds=int(env.get("OPSCONDUCTOR_RESYNC_SECONDS", "30")),
+            metrics_address=env.get("OPSCONDUCTOR_METRICS_ADDRESS", ""),
         )

@@ -377,10 +377,10 @@ def expected_files() -> dict[Path, str]:
     }
 
 
-def drift() -> list[str]:
-    """Unified diffs of generated files that differ from disk (missing files included)."""
+def drift(files: dict[Path, str] | None = None) -> list[str]:
+    """Unified diffs of generated files (default: the CRDs) that differ from disk, missing ones included."""
     diffs = []
-    for path, text in expected_files().items():
+    for path, text in (expected_files() if files is None else files).items():
         current = path.read_text() if path.exists() else ""
         if current != text:
             rel = path.relative_to(REPO_ROOT)

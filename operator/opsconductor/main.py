@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from opsconductor import kube
+from opsconductor import kube, metrics
 from opsconductor.api import GROUP, OPSJOB, VERSION
 from opsconductor.config import Config
 from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
@@ -38,6 +38,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    if CONFIG.metrics_address:
+        metrics.serve(CONFIG.metrics_address)
     opsjob.warm_up()
 
 
@@ -48,27 +50,32 @@ def _is_active(status: kopf.Status, **_: Any) -> bool:
 
 @kopf.on.create(GROUP, VERSION, OPSJOB.plural, id="start")
 @kopf.on.resume(GROUP, VERSION, OPSJOB.plural, id="start", when=_is_active)
+@metrics.counting_errors("OpsJob")
 def start_opsjob(body: kopf.Body, retry: int, **_: Any) -> None:
     """Plan a new (or, after a restart, unfinished) OpsJob and start its runner."""
     opsjob.start_runner(dict(body), CONFIG, retry)
 
 
 @kopf.on.field(GROUP, VERSION, OPSJOB.plural, field="spec.cancel", new=True, id="cancel")
+@metrics.counting_errors("OpsJob")
 def cancel_opsjob(body: kopf.Body, **_: Any) -> None:
     """``spec.cancel: true``: stop the runner and its remote commands."""
     opsjob.cancel_runner(dict(body))
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_COMPONENT: COMPONENT_RUNNER, LABEL_JOB: kopf.PRESENT})
+@metrics.counting_errors("OpsJob")
 def runner_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """Any change of a runner pod: re-derive its job's status."""
     pod = None if type == "DELETED" else dict(body)
+    metrics.observe_runner_pod(body["metadata"]["uid"], pod)
     opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB], pod)
 
 
 @kopf.timer(
     GROUP, VERSION, OPSJOB.plural, interval=CONFIG.resync_seconds, idle=CONFIG.resync_seconds, when=_is_active
 )
+@metrics.counting_errors("OpsJob")
 def resync_opsjob(body: kopf.Body, **_: Any) -> None:
     """Safety net for missed pod events (e.g. a pod deleted while the operator was down)."""
     if (body.get("status") or {}).get("runnerPod"):
@@ -90,3 +97,9 @@ async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) 
     if delay > 0 and await stopped.wait(delay):
         return
     await asyncio.to_thread(opsjob.delete_expired, dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="metrics")
+def count_opsjob(body: kopf.Body, **_: Any) -> None:
+    """Count finished runs for the metrics endpoint (outside the reconcile path)."""
+    metrics.observe_opsjob(dict(body))

@@ -56,6 +56,84 @@ OPERATOR_RULES: list[dict[str, Any]] = [
 ]
 
 
+# Resources that exist outside namespaces: with a list of watched namespaces, these rules still need a
+# ClusterRoleBinding while everything else is granted per namespace by RoleBindings.
+CLUSTER_SCOPED_RESOURCES = frozenset({"customresourcedefinitions", "namespaces", "clusterkopfpeerings"})
+
+
+def scoped_rules(cluster_scoped: bool, rules: list[dict[str, Any]] = OPERATOR_RULES) -> list[dict[str, Any]]:
+    """Return the rules about cluster-scoped resources (or, with False, about namespaced ones)."""
+    picked = []
+    for rule in rules:
+        resources = [r for r in rule["resources"] if (r in CLUSTER_SCOPED_RESOURCES) == cluster_scoped]
+        if resources:
+            picked.append({**rule, "resources": resources})
+    return picked
+
+
+# The user roles the chart ships (the old OpsConductor's Admin / Operator / Viewer), aggregated into
+# Kubernetes' built-in admin / edit / view roles. What each may do is documented in docs/roles.md
+# and checked by impersonation in tests/integration/test_user_roles.py.
+_READ = ["get", "list", "watch"]
+USER_ROLES: dict[str, dict[str, Any]] = {
+    "opsconductor-admin": {
+        "aggregate_to": "admin",
+        "rules": [
+            {"apiGroups": [GROUP], "resources": _PLURALS, "verbs": ["*"]},
+            {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in _PLURALS], "verbs": _READ},
+            # Credentials point at Secrets: admins manage both.
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            },
+        ],
+    },
+    "opsconductor-operator": {
+        "aggregate_to": "edit",
+        "rules": [
+            # Create, trigger (annotate), cancel (spec.cancel) and clean up runs and schedules.
+            {
+                "apiGroups": [GROUP],
+                "resources": ["opsjobs", "opsschedules"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            },
+            # Read what runs target; probe a Target on demand (the probe annotation is a patch).
+            {"apiGroups": [GROUP], "resources": ["targets"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": [GROUP], "resources": ["credentials"], "verbs": _READ},
+            {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in _PLURALS], "verbs": _READ},
+            # Follow runs: runner pods and their logs.
+            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": _READ},
+        ],
+    },
+    "opsconductor-viewer": {
+        "aggregate_to": "view",
+        "rules": [
+            {"apiGroups": [GROUP], "resources": _PLURALS, "verbs": _READ},
+            {"apiGroups": [GROUP], "resources": [f"{p}/status" for p in _PLURALS], "verbs": _READ},
+        ],
+    },
+}
+
+
+def user_cluster_roles(aggregate: bool = True) -> list[dict[str, Any]]:
+    """Build the user ClusterRoles; with ``aggregate``, labelled to join the built-in admin/edit/view."""
+    roles = []
+    for name, role in USER_ROLES.items():
+        labels = {"app.kubernetes.io/part-of": "opsconductor"}
+        if aggregate:
+            labels[f"rbac.authorization.k8s.io/aggregate-to-{role['aggregate_to']}"] = "true"
+        roles.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": name, "labels": labels},
+                "rules": role["rules"],
+            }
+        )
+    return roles
+
+
 def operator_cluster_role(name: str = OPERATOR_CLUSTER_ROLE) -> dict[str, Any]:
     """Build the operator's ClusterRole."""
     return {
