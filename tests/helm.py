@@ -40,9 +40,13 @@ class Helm:
             raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def template(self, *set_args: str, namespace: str = "opsconductor", check: bool = True) -> str:
+    def template(
+        self, *set_args: str, namespace: str = "opsconductor", show_only: str = "", check: bool = True
+    ) -> str:
         """Render the chart (``--set`` style arguments, e.g. ``"replicaCount=1"``)."""
         sets = [arg for value in set_args for arg in ("--set", value)]
+        if show_only:
+            sets += ["--show-only", show_only]
         result = self.run(
             "template", "release", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
             *sets, check=check,

@@ -40,7 +40,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if CONFIG.metrics_address:
         metrics.serve(CONFIG.metrics_address)
-    opsjob.warm_up()
+    opsjob.warm_up(CONFIG.namespaces)
 
 
 def _is_active(status: kopf.Status, **_: Any) -> bool:

@@ -147,7 +147,14 @@ def counting_errors(kind: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
+_serving: set[str] = set()
+
+
 def serve(address: str) -> None:
-    """Serve ``/metrics`` on ``host:port`` in a background thread."""
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    """Serve ``/metrics`` on ``host:port`` in a background thread, once (kopf retries startup handlers)."""
+    with _counted_lock:
+        if address in _serving:
+            return
+        host, _, port = address.rpartition(":")
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+        _serving.add(address)

@@ -87,6 +87,7 @@ USER_ROLES: dict[str, dict[str, Any]] = {
                 "resources": ["secrets"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
             },
+            {"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": _READ},
         ],
     },
     "opsconductor-operator": {

@@ -158,14 +158,21 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
     )
 
 
-def warm_up() -> None:
+def warm_up(namespaces: tuple[str, ...] = ()) -> None:
     """Pay first-use costs before the first OpsJob.
 
     That is: connections, the API server's watch caches for our kinds (a fresh cache answers 429
-    "storage is (re)initializing" for a second), planning.
+    "storage is (re)initializing" for a second), planning. Best effort: lists in the first watched
+    namespace that is not a pattern (or ``default`` when watching the cluster), and a refusal (RBAC
+    granted per namespace) only costs the warm-up.
     """
-    for plural in (TARGET.plural, CREDENTIAL.plural, OPSJOB.plural):
-        kube.list_custom(plural, "default")
+    exact = [ns for ns in namespaces if not any(ch in ns for ch in "*?[!")]
+    namespace = exact[0] if exact else "default"
+    try:
+        for plural in (TARGET.plural, CREDENTIAL.plural, OPSJOB.plural):
+            kube.list_custom(plural, namespace)
+    except ApiException as error:
+        log.info("warm-up skipped listing in %s: %s", namespace, error.reason)
     job = {
         "metadata": {"name": "warm-up", "namespace": "default", "uid": "0"},
         "spec": {"steps": [{"name": "w", "type": "wait", "seconds": 1}]},
