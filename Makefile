@@ -24,9 +24,11 @@ venv: $(STAMP)
 system-deps:
 	bash hack/install-system-deps.sh
 
-## Build (or reuse) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm.
+## Build (or reuse) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, helm,
+## and kstatus-check (the kstatus library over JSON objects, for the GitOps health tests).
 binaries:
 	bash hack/build-k8s-binaries.sh >/dev/null
+	bash hack/build-kstatus.sh >/dev/null
 
 ## Regenerate crds/ and charts/opsconductor/crds/ from the pydantic models.
 crds: $(STAMP)

@@ -5,6 +5,7 @@
   rules) and ``files/user-roles.yaml`` from :mod:`opsconductor.rbac`, read by the templates with
   ``.Files.Get``, so the chart grants exactly what the tests grant the operator;
 - ``files/dashboard.json``: the Grafana dashboard over :mod:`opsconductor.metrics`;
+- ``files/argocd-cm-patch.yaml``: Argo CD health customizations wrapping ``files/argocd-health.lua``;
 - ``crds/kopf.dev_peerings.yaml``: kopf's peering CRDs, which let two replicas keep one active.
 
 The CRDs of our own kinds are written by :mod:`opsconductor.crdgen`. ``make crds`` runs both.
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from opsconductor import rbac
+from opsconductor.api import KINDS
 from opsconductor.chartvalues import ChartValues
 from opsconductor.crdgen import REPO_ROOT, drift
 
@@ -136,6 +138,32 @@ def _yaml(data: Any) -> str:
     return HEADER + yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False)
 
 
+ARGOCD_HEALTH_LUA = CHART / "files" / "argocd-health.lua"
+
+
+def argocd_cm_patch() -> str:
+    """Build an ``argocd-cm`` patch registering the health script (hand-written Lua) for our kinds."""
+    script = ARGOCD_HEALTH_LUA.read_text()
+    data = {f"resource.customizations.health.{kind.group}_{kind.kind}": script for kind in KINDS}
+    return (
+        HEADER
+        + "# kubectl -n argocd patch configmap argocd-cm --patch-file argocd-cm-patch.yaml\n"
+        + yaml.dump({"data": data}, Dumper=_LiteralDumper, sort_keys=False, width=120)
+    )
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Dumps multi-line strings as ``|`` blocks (readable Lua in the patch)."""
+
+
+_LiteralDumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    ),
+)
+
+
 def expected_files() -> dict[Path, str]:
     """Every generated chart file and its content."""
     rules = {
@@ -153,6 +181,7 @@ def expected_files() -> dict[Path, str]:
     return {
         CHART / "values.schema.json": json.dumps(values_schema(), indent=2) + "\n",
         CHART / "files" / "dashboard.json": json.dumps(dashboard(), indent=2) + "\n",
+        CHART / "files" / "argocd-cm-patch.yaml": argocd_cm_patch(),
         CHART / "files" / "operator-rules.yaml": _yaml(rules),
         CHART / "files" / "user-roles.yaml": _yaml(roles),
         CHART / "crds" / "kopf.dev_peerings.yaml": HEADER
