@@ -5,6 +5,7 @@
   rules) and ``files/user-roles.yaml`` from :mod:`opsconductor.rbac`, read by the templates with
   ``.Files.Get``, so the chart grants exactly what the tests grant the operator;
 - ``files/dashboard.json``: the Grafana dashboard over :mod:`opsconductor.metrics`;
+- ``files/admission-policies.yaml``: the created-by MutatingAdmissionPolicy (:mod:`opsconductor.admission`);
 - ``files/argocd-cm-patch.yaml``: Argo CD health customizations wrapping ``files/argocd-health.lua``;
 - ``crds/kopf.dev_peerings.yaml``: kopf's peering CRDs, which let two replicas keep one active.
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from opsconductor import rbac
+from opsconductor import admission, rbac
 from opsconductor.api import KINDS
 from opsconductor.chartvalues import ChartValues
 from opsconductor.crdgen import REPO_ROOT, drift
@@ -182,6 +183,8 @@ def expected_files() -> dict[Path, str]:
         CHART / "values.schema.json": json.dumps(values_schema(), indent=2) + "\n",
         CHART / "files" / "dashboard.json": json.dumps(dashboard(), indent=2) + "\n",
         CHART / "files" / "argocd-cm-patch.yaml": argocd_cm_patch(),
+        CHART / "files" / "admission-policies.yaml": HEADER
+        + "---\n".join(yaml.safe_dump(doc, sort_keys=False) for doc in admission.created_by_policy()),
         CHART / "files" / "operator-rules.yaml": _yaml(rules),
         CHART / "files" / "user-roles.yaml": _yaml(roles),
         CHART / "crds" / "kopf.dev_peerings.yaml": HEADER

@@ -166,6 +166,9 @@ class ChartValues(Values):
     """PodDisruptionBudget."""
     user_roles: UserRolesValues = UserRolesValues()
     """ClusterRoles for people."""
+    record_creator: bool = True
+    """Stamp every new OpsJob with the user that created it (annotation opsconductor.io/created-by), by a
+    MutatingAdmissionPolicy the API server runs (Kubernetes 1.36+, no webhook)."""
     pod_annotations: dict[str, str] = {}
     """Extra annotations on the operator pods."""
     pod_labels: dict[str, str] = {}

@@ -15,6 +15,9 @@ COMPONENT_RUNNER = "runner"
 
 # Annotations users (or the CLI) set.
 ANNOTATION_STARTED_BY = f"{GROUP}/started-by"
+# Set by the API server (MutatingAdmissionPolicy, see opsconductor.admission): the authenticated
+# user that created an OpsJob; not forgeable.
+ANNOTATION_CREATED_BY = f"{GROUP}/created-by"
 
 # Names derived from an OpsJob's name (OpsJob names are at most 63 characters).
 RUNNER_CONTAINER = "runner"

@@ -59,6 +59,8 @@ def test_helm_install_runs_an_example_job_and_uninstall_leaves_nothing(
         "--set", "replicaCount=1", "--set", f"watchNamespaces={{{jobs_ns}}}",
         "--set", f"healthPort={free_port()}", "--set", f"metrics.port={metrics_port}",
         "--set", "resyncSeconds=5", "--wait", "--timeout", "180s",
+        # The local control plane already has the created-by policy (install_crds): not a second owner.
+        "--set", "recordCreator=false",
     )  # fmt: skip
     try:
         pods = json.loads(kubectl.with_namespace(release_ns).run("get", "pods", "-o", "json").stdout)["items"]

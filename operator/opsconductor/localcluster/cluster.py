@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opsconductor.api import KINDS
+from opsconductor.admission import created_by_policy
+from opsconductor.api import KINDS, OPSJOB
 from opsconductor.localcluster.controlplane import (
     REPO_ROOT,
     ControlPlane,
@@ -47,7 +48,7 @@ def admin_kubectl(plane: ControlPlane, *args: str, input: str | None = None) -> 
 
 
 def install_crds(plane: ControlPlane, timeout: float = 60.0) -> None:
-    """Apply ``crds/`` and wait until every CRD is Established."""
+    """Apply ``crds/``, wait until every CRD is Established, and install our admission policies."""
     admin_kubectl(plane, "apply", "--server-side", "-f", str(CRDS_DIR))
     names = {f"{kind.plural}.{kind.group}" for kind in KINDS}
 
@@ -63,6 +64,27 @@ def install_crds(plane: ControlPlane, timeout: float = 60.0) -> None:
         )
 
     wait_for(established, timeout, "the CRDs to be established", interval=0.1)
+    policies = "\n---\n".join(json.dumps(doc) for doc in created_by_policy())
+    admin_kubectl(plane, "apply", "--server-side", "-f", "-", input=policies)
+    # The policy needs the CRD's schema in the API server's type checker, which lags the CRD by a
+    # moment ("Resource kind ... not found"): wait until an OpsJob can be created (dry run).
+    probe_job = json.dumps(
+        {
+            "apiVersion": f"{OPSJOB.group}/{OPSJOB.version}",
+            "kind": OPSJOB.kind,
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {"steps": [{"name": "w", "type": "wait", "seconds": 1}]},
+        }
+    )
+
+    def admits_opsjobs() -> bool:
+        try:
+            admin_kubectl(plane, "create", "--dry-run=server", "-f", "-", input=probe_job)
+        except ControlPlaneError:
+            return False
+        return True
+
+    wait_for(admits_opsjobs, timeout, "OpsJob admission (the created-by policy)", interval=0.2)
 
 
 @dataclass
