@@ -1,6 +1,7 @@
-"""The ``opsconductor`` command line (also usable as ``kubectl opsconductor``).
+"""The ``opsconductor`` command line (also installed as ``kubectl-opsconductor``: ``kubectl opsconductor``).
 
-Subcommands grow with the product; each stays a thin layer over library functions.
+Subcommands stay thin layers over library functions. Commands that read the cluster use the
+kubeconfig (or in-cluster) credentials of whoever runs them, so RBAC decides what they may do.
 """
 
 from __future__ import annotations
@@ -8,16 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from opsconductor import kube
 from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
 from opsconductor.api.opsjob import step_types
+from opsconductor.constants import ANNOTATION_CREATED_BY, ANNOTATION_STARTED_BY, runner_pod_name
 from opsconductor.localrun import add_run_parser
 from opsconductor.results import format_results
 
@@ -85,21 +89,135 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _cmd_results(args: argparse.Namespace) -> int:
-    kind, _, name = args.ref.partition("/")
-    if kind.lower() not in ("opsjob", "opsjobs", "oj") or not name:
-        print("usage: opsconductor results opsjob/NAME", file=sys.stderr)
-        return 2
+ANNOTATION_RERUN_OF = f"{OPSJOB.group}/rerun-of"
+_TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+
+def parse_ref(ref: str, kind: Kind) -> str | None:
+    """Return the NAME of ``kind/NAME`` (plural, singular or short names accepted), or None."""
+    given, _, name = ref.partition("/")
+    names = {kind.singular, kind.plural, *kind.short_names}
+    return name if given.lower() in names and name else None
+
+
+def render(value: Any, output: str) -> str:
+    """``value`` as json or yaml (the ``-o`` formats every command shares besides its table)."""
+    if output == "yaml":
+        return yaml.safe_dump(value, sort_keys=False).rstrip()
+    return json.dumps(value, indent=2)
+
+
+def _job_or_complain(ref: str, namespace: str | None) -> tuple[str, dict[str, Any] | None]:
+    name = parse_ref(ref, OPSJOB)
+    if name is None:
+        print(f"expected opsjob/NAME, got {ref!r}", file=sys.stderr)
+        return "", None
     kube.load_configuration()
-    namespace = args.namespace or kube.current_namespace()
+    namespace = namespace or kube.current_namespace()
     job = kube.get_custom(OPSJOB.plural, namespace, name)
     if job is None:
         print(f"opsjob {namespace}/{name} not found", file=sys.stderr)
+    return namespace, job
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    _, job = _job_or_complain(args.ref, args.namespace)
+    if job is None:
         return 1
-    if args.output == "json":
-        print(json.dumps(job.get("status") or {}, indent=2))
+    print(format_results(job) if args.output == "table" else render(job.get("status") or {}, args.output))
+    return 0
+
+
+def rerun_manifest(job: dict[str, Any], user: str) -> dict[str, Any]:
+    """Build a new OpsJob with the same spec, labels and user annotations, linked to the original run."""
+    meta = job["metadata"]
+    annotations = {
+        key: value
+        for key, value in (meta.get("annotations") or {}).items()
+        # kopf's bookkeeping and the admission-stamped creator belong to the original object.
+        if not key.startswith(f"{OPSJOB.group}/")
+        and key != "kubectl.kubernetes.io/last-applied-configuration"
+    }
+    annotations[ANNOTATION_RERUN_OF] = meta["name"]
+    annotations[ANNOTATION_STARTED_BY] = user
+    spec = {key: value for key, value in job["spec"].items() if key != "cancel"}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": OPSJOB.kind,
+        "metadata": {
+            "generateName": f"{meta['name'][:52]}-",
+            "namespace": meta["namespace"],
+            "labels": meta.get("labels") or {},
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }
+
+
+def follow_progress(namespace: str, name: str, timeout: float, out: Any = sys.stdout) -> dict[str, Any]:
+    """Print the run's phase and progress whenever they change, until it ends; return the job."""
+    last = None
+    deadline = time.monotonic() + timeout
+    while True:
+        job = kube.get_custom(OPSJOB.plural, namespace, name) or {}
+        status = job.get("status") or {}
+        progress = status.get("progress") or {}
+        line = (
+            f"{name}: {status.get('phase', 'Pending')}  steps {progress.get('steps', '0/0')}"
+            f"  targets ok/failed {progress.get('targets', '0/0')}"
+        )
+        if line != last:
+            print(line, file=out, flush=True)
+            last = line
+        if status.get("phase") in _TERMINAL or time.monotonic() > deadline:
+            return job
+        time.sleep(1)
+
+
+def _cmd_rerun(args: argparse.Namespace) -> int:
+    namespace, job = _job_or_complain(args.ref, args.namespace)
+    if job is None:
+        return 1
+    created = cast(
+        dict[str, Any],
+        kube.custom().create_namespaced_custom_object(
+            OPSJOB.group, OPSJOB.version, namespace, OPSJOB.plural, rerun_manifest(job, kube.whoami())
+        ),
+    )
+    name = created["metadata"]["name"]
+    if args.output == "name":
+        print(f"opsjob/{name}")
     else:
-        print(format_results(job))
+        creator = (created["metadata"].get("annotations") or {}).get(ANNOTATION_CREATED_BY, "?")
+        print(f"opsjob/{name} created (rerun of {job['metadata']['name']}, by {creator})")
+    if args.wait:
+        done = follow_progress(
+            namespace, name, args.timeout, sys.stderr if args.output == "name" else sys.stdout
+        )
+        return 0 if (done.get("status") or {}).get("phase") == "Succeeded" else 1
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    namespace, job = _job_or_complain(args.ref, args.namespace)
+    if job is None:
+        return 1
+    pod = (job.get("status") or {}).get("runnerPod") or runner_pod_name(job["metadata"]["name"])
+    try:
+        response: Any = kube.core().read_namespaced_pod_log(
+            pod, namespace, container="runner", follow=args.follow, _preload_content=False
+        )
+    except ApiException as error:
+        reason = (
+            "gone (results stay in the OpsJob's status: opsconductor results)"
+            if error.status == 404
+            else error.reason
+        )
+        print(f"runner pod {namespace}/{pod}: {reason}", file=sys.stderr)
+        return 1
+    for chunk in response.stream(1024):  # urllib3 response (_preload_content=False), typed as str
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
     return 0
 
 
@@ -117,8 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="an OpsJob's results: steps × targets with status and output")
     results.add_argument("ref", help="opsjob/NAME")
     results.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
-    results.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    results.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     results.set_defaults(func=_cmd_results)
+    rerun = sub.add_parser("rerun", help="run an OpsJob again: a new OpsJob with the same spec")
+    rerun.add_argument("ref", help="opsjob/NAME")
+    rerun.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    rerun.add_argument("-w", "--wait", action="store_true", help="show progress until the run ends")
+    rerun.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
+    rerun.add_argument("-o", "--output", choices=["text", "name"], default="text")
+    rerun.set_defaults(func=_cmd_rerun)
+    logs = sub.add_parser("logs", help="the runner pod's log of an OpsJob")
+    logs.add_argument("ref", help="opsjob/NAME")
+    logs.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the runner ends")
+    logs.set_defaults(func=_cmd_logs)
     return parser
 
 

@@ -78,6 +78,15 @@ def rbac() -> kubernetes.client.RbacAuthorizationV1Api:
     return kubernetes.client.RbacAuthorizationV1Api(_api_client())
 
 
+def whoami() -> str:
+    """Return the user name the API server authenticates our credentials as (SelfSubjectReview)."""
+    review = kubernetes.client.AuthenticationV1Api(_api_client()).create_self_subject_review(
+        kubernetes.client.V1SelfSubjectReview()
+    )
+    user = review.status.user_info if review.status is not None else None
+    return str(user.username) if user is not None and user.username else "unknown"
+
+
 def is_not_found(error: ApiException) -> bool:
     """404."""
     status: int | None = error.status

@@ -106,11 +106,15 @@ class KubeletProcess:
     def start(self, timeout: float = 60.0) -> None:
         """Start the kubelet and wait until its Node is Ready."""
         began = time.monotonic()
+        serving = self.plane.kubelet_serving_pair(self.node_name)
         self._popen = popen = spawn_logged(
             [
                 sys.executable,
                 "-m",
                 "opsconductor.localcluster.kubelet",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={self.plane.ca_file}",
                 f"--kubeconfig={self.plane.node_kubeconfig(self.node_name)}",
                 f"--node-name={self.node_name}",
                 f"--root-dir={self.root_dir}",

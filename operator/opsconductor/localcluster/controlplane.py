@@ -237,6 +237,16 @@ class ControlPlane:
         pair = self._ca.issue(stem, common_name=user, organizations=groups, client=True)
         return self._write_kubeconfig(self.workdir / f"{stem}.kubeconfig", pair)
 
+    def kubelet_serving_pair(self, node_name: str) -> KeyPair:
+        """Issue the serving certificate of a kubelet's API on 127.0.0.1 (the API server verifies it)."""
+        return self._ca.issue(
+            f"kubelet-{node_name}-serving",
+            common_name=f"system:node:{node_name}",
+            dns_names=(node_name,),
+            ip_addresses=("127.0.0.1",),
+            server=True,
+        )
+
     def node_kubeconfig(self, node_name: str) -> Path:
         """Kubeconfig of a kubelet for ``node_name`` (``system:node:<name>`` in ``system:nodes``)."""
         return self.client_kubeconfig(f"system:node:{node_name}", ("system:nodes",), name=f"node-{node_name}")
@@ -374,6 +384,7 @@ class ControlPlane:
                 f"--kubelet-client-certificate={kubelet_client.cert}",
                 f"--kubelet-client-key={kubelet_client.key}",
                 "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={self.ca_file}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={sa_keys.cert}",
                 f"--service-account-signing-key-file={sa_keys.key}",

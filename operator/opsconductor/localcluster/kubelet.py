@@ -32,9 +32,10 @@ Deviations from a real kubelet:
   OOM killer); CPU limits are not enforced. No seccomp or AppArmor enforcement. Probes and
   lifecycle hooks are not run (a running container is ready). emptyDir ``medium``/``sizeLimit``
   are ignored; only secret, configMap, downwardAPI, projected, emptyDir and hostPath volumes exist.
-* No kubelet API server (``daemonEndpoints.kubeletEndpoint.port`` is 0): logs are plain files,
-  :func:`container_log_path` (the previous run's at ``<container>.previous.log``). Logs are kept
-  after a pod is deleted, the rest of its directory is removed.
+* Logs are plain files, :func:`container_log_path` (the previous run's at
+  ``<container>.previous.log``), kept after a pod is deleted (the rest of its directory is removed).
+  With TLS files given, :mod:`kubeletserver` serves them to the API server on the node's
+  ``daemonEndpoints.kubeletEndpoint`` (``kubectl logs [-f]``); no exec, attach or port-forward.
 * The host file system is every container's root file system, seen through its own mount
   namespace: mount points missing on the host are created there as empty directories (or empty
   files for a file bind mount such as ``/dev/termination-log``), and the working directory is
@@ -61,6 +62,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +74,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from opsconductor.localcluster import podspec, volumes
+from opsconductor.localcluster.kubeletserver import ContainerLog, KubeletServer
 from opsconductor.localcluster.podspec import JSON, ContainerView, ImageTable, load_image_table
 
 __all__ = ["ImageTable", "KubeletConfig", "ProcessKubelet", "container_log_path", "load_image_table", "main"]
@@ -133,6 +136,11 @@ class KubeletConfig:
     api_host: str
     api_port: int
     capacity: dict[str, str] = field(default_factory=_default_capacity)
+    tls_cert: Path | None = None
+    """Serving certificate of the kubelet API (container logs); None = no kubelet API."""
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    """CA of the API server's kubelet-client certificate."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1048,8 +1056,34 @@ class ProcessKubelet:
         self._table = config.images
         self._table_mtime = self._mtime()
         self._transition_time = _now()
+        self._server: KubeletServer | None = None
+        # (namespace, pod) -> uid of pods this kubelet ran, so logs stay reachable after the pod ends.
+        self._pod_uids: OrderedDict[tuple[str, str], str] = OrderedDict()
+        if config.tls_cert and config.tls_key and config.client_ca:
+            self._server = KubeletServer(
+                self.container_log, config.tls_cert, config.tls_key, config.client_ca
+            )
 
-    # -- images -----------------------------------------------------------------------------
+    def container_log(self, namespace: str, pod: str, container: str, previous: bool) -> ContainerLog | None:
+        """Find a container's log file (kubelet API ``/containerLogs``); None if no such log.
+
+        Logs outlive their pod's worker (a finished pod's worker is gone): the file is found by the
+        pod's uid, and "running" is whether a worker still runs that container.
+        """
+        with self._lock:
+            uid = self._pod_uids.get((namespace, pod))
+            worker = self._workers.get(uid) if uid else None
+        if uid is None:
+            return None
+        path = container_log_path(self.config.root_dir, uid, container)
+        if previous:
+            path = path.with_name(f"{container}.previous.log")
+        runs = [c for c in (worker.containers if worker else []) if c.name == container]
+
+        def running() -> bool:
+            return any(c.run is not None for c in runs) and not self._stop.is_set()
+
+        return ContainerLog(path, running)
 
     def _mtime(self) -> float:
         src = self._table.source
@@ -1082,6 +1116,8 @@ class ProcessKubelet:
                 "the process kubelet must run as root (it bind-mounts volumes and switches users)"
             )
         self.config.root_dir.mkdir(parents=True, exist_ok=True)
+        if self._server is not None:
+            self._server.start()
         self._register_node()
         self._renew_lease()
         for target, name in (
@@ -1111,6 +1147,8 @@ class ProcessKubelet:
             self._events_cv.notify_all()
         for t in self._threads:
             t.join(timeout=5)
+        if self._server is not None:
+            self._server.stop()
 
     def worker_done(self, worker: _PodWorker) -> None:
         """Forget a pod worker that exited (a pod being deleted is finalised)."""
@@ -1161,7 +1199,7 @@ class ProcessKubelet:
                 {"type": "InternalIP", "address": NODE_IP},
                 {"type": "Hostname", "address": self.config.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self._server.port if self._server else 0}},
             "nodeInfo": {
                 "machineID": _read_id("/etc/machine-id"),
                 "systemUUID": _read_id("/sys/class/dmi/id/product_uuid"),
@@ -1345,6 +1383,9 @@ class ProcessKubelet:
                 finalise = False
                 w = _PodWorker(self, pod)
                 self._workers[uid] = w
+                self._pod_uids[(w.namespace, w.name)] = uid
+                if len(self._pod_uids) > 10_000:
+                    self._pod_uids.popitem(last=False)
                 w.thread.start()
         if finalise:
             self._finalise(pod)
@@ -1448,6 +1489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, default=Path(__file__).with_name("images.yaml"))
     parser.add_argument("--api-host", default="127.0.0.1")
     parser.add_argument("--api-port", type=int, required=True)
+    parser.add_argument("--tls-cert-file", type=Path, help="serving certificate of the kubelet API (logs)")
+    parser.add_argument("--tls-private-key-file", type=Path)
+    parser.add_argument("--client-ca-file", type=Path, help="CA of the API server's kubelet-client cert")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s %(message)s")
     kubelet = ProcessKubelet(
@@ -1458,6 +1502,9 @@ def main(argv: list[str] | None = None) -> int:
             images=load_image_table(args.images),
             api_host=args.api_host,
             api_port=args.api_port,
+            tls_cert=args.tls_cert_file,
+            tls_key=args.tls_private_key_file,
+            client_ca=args.client_ca_file,
         )
     )
     stop = threading.Event()
