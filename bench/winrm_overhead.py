@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -154,16 +153,19 @@ def main() -> int:
     bare_ms = statistics.median(bare) * 1000
     runner_ms = statistics.median(runner) * 1000
     print(
-        f"server: {info['endpoint']} (NTLM, message encryption), {args.rounds} rounds x {args.commands} commands"
+        f"server: {info['endpoint']} (NTLM, message encryption), "
+        f"{args.rounds} rounds x {args.commands} commands"
     )
     print(f"{'':10} {'median':>9} {'p10':>9} {'p90':>9}")
     for name, values in (("pywinrm", bare), ("runner", runner)):
         deciles = statistics.quantiles(values, n=10)
         print(
-            f"{name:10} {statistics.median(values) * 1000:8.1f}ms {deciles[0] * 1000:8.1f}ms {deciles[-1] * 1000:8.1f}ms"
+            f"{name:10} {statistics.median(values) * 1000:8.1f}ms "
+            f"{deciles[0] * 1000:8.1f}ms {deciles[-1] * 1000:8.1f}ms"
         )
     print(
-        f"runner overhead per command: {runner_ms - bare_ms:+.1f} ms ({runner_ms / bare_ms:.2f}x the bare loop)"
+        f"runner overhead per command: {runner_ms - bare_ms:+.1f} ms "
+        f"({runner_ms / bare_ms:.2f}x the bare loop)"
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""OpsJobs over WinRM on the local control plane: runner pods against the WinRM test server (NTLM + encryption)."""
+"""OpsJobs over WinRM on the local control plane: runner pods against the WinRM test server (NTLM)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ spec:
       destination: C:\\inetpub\\wwwroot
     - name: restart
       type: winrm.exec
-      command: Restart-Service -Name {{{{ params.svc | ps_quote }}}}; (Get-Service -Name {{{{ params.svc | ps_quote }}}}).Status
+      script: |
+        Restart-Service -Name {{{{ params.svc | ps_quote }}}}
+        (Get-Service -Name {{{{ params.svc | ps_quote }}}}).Status
     - name: check
       type: winrm.exec
       shell: cmd
@@ -135,7 +137,11 @@ metadata: {name: win-failures}
 spec:
   failurePolicy: {mode: Continue}
   steps:
-    - {name: login, type: winrm.exec, targets: [win-badpw, win-gone], command: hostname, continueOnError: true}
+    - name: login
+      type: winrm.exec
+      targets: [win-badpw, win-gone]
+      command: hostname
+      continueOnError: true
     - {name: slow, type: winrm.exec, targets: [win-ok], command: Start-Sleep -Seconds 60, timeoutSeconds: 2}
 """
     )

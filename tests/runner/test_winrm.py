@@ -287,7 +287,7 @@ def test_cancellation_stops_the_remote_command(
     assert "terminate" in ntlm_server.commands[-1].signals
 
 
-# --- logins, transports, TLS ----------------------------------------------------------------------------
+# --- logins, transports, TLS --------------------------------------------------------------------------------
 def test_bad_credentials_fail_clearly_without_the_password(
     ntlm_server: WinrmServer, session: WinrmSession, tmp_path: Path
 ) -> None:
@@ -382,7 +382,7 @@ def test_kerberos_without_its_library_says_what_is_missing(
     assert not outcome.ok and "pykerberos" in outcome.error and "docs/winrm.md" in outcome.error
 
 
-# --- winrm.copy ------------------------------------------------------------------------------------------------
+# --- winrm.copy ---------------------------------------------------------------------------------------------
 def test_copy_a_large_workspace_file_chunked_and_verified(
     ntlm_server: WinrmServer, session: WinrmSession, tmp_path: Path
 ) -> None:
@@ -476,7 +476,7 @@ def test_copying_a_secret_never_shows_its_value(
     assert CANARY not in "\n".join(ctx.log) + outcome.stdout
 
 
-# --- facts ------------------------------------------------------------------------------------------------------
+# --- facts --------------------------------------------------------------------------------------------------
 def test_collect_facts(ntlm_server: WinrmServer, tmp_path: Path) -> None:
     target = target_for(ntlm_server, credential(tmp_path))
     facts = collect_facts(target, FileSecretStore(), timeout=10)

@@ -51,7 +51,11 @@ class WinrmTls:
 def make_tls(directory: Path) -> WinrmTls:
     authority = CertificateAuthority(directory, name="opsconductor-winrm-test-ca")
     pair = authority.issue(
-        "winrm-server", common_name="winrm-test", dns_names=("localhost",), ip_addresses=LOOPBACK_IPS, server=True
+        "winrm-server",
+        common_name="winrm-test",
+        dns_names=("localhost",),
+        ip_addresses=LOOPBACK_IPS,
+        server=True,
     )
     return WinrmTls(directory / "ca.crt", pair.cert, pair.key)
 

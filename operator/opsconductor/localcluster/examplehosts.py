@@ -180,7 +180,7 @@ class ExampleHosts:
         return "\n---\n".join(json.dumps(d) for d in documents)
 
     def _windows_manifests(self) -> list[dict[str, Any]]:
-        """The ``windows-admin`` and ``corp-ca`` Secrets and the Windows Targets that have an endpoint."""
+        """Render the ``windows-admin``/``corp-ca`` Secrets and the Windows Targets that have an endpoint."""
         if not self.windows:
             return []
         first = next(iter(self.windows.values()))

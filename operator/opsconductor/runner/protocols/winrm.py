@@ -49,7 +49,6 @@ from typing import Any
 
 import requests
 import xmltodict  # type: ignore[import-untyped]
-from winrm.protocol import Protocol
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMError,
@@ -57,6 +56,7 @@ from winrm.exceptions import (
     WinRMTransportError,
     WSManFaultError,
 )
+from winrm.protocol import Protocol
 
 from opsconductor.api.opsjob import Step, WinrmCopyStep, WinrmExecStep
 from opsconductor.plan import PlanTarget
@@ -275,12 +275,13 @@ def describe_error(exc: BaseException, target: PlanTarget, user: str = "") -> st
             reason = re.search(r"certificate verify failed: ([^(\)'\"]+)", detail)
             return (
                 f"{where}: TLS certificate verification failed"
-                f"{f' ({reason[1].strip()})' if reason else ''} — set the Target's winrm.tls.caBundleSecretRef "
-                "to the CA that issued the host's certificate (the certificate must name the Target's "
-                "address); winrm.tls.insecureSkipTlsVerify: true skips the check (test hosts only)"
+                f"{f' ({reason[1].strip()})' if reason else ''} — set the Target's "
+                "winrm.tls.caBundleSecretRef to the CA that issued the host's certificate (the "
+                "certificate must name the Target's address); winrm.tls.insecureSkipTlsVerify: true "
+                "skips the check (test hosts only)"
             )
         if "WRONG_VERSION_NUMBER" in detail or "wrong version number" in detail:
-            return f"{where}: TLS handshake failed: the port does not speak TLS — is it the http listener (5985)?"
+            return f"{where}: TLS handshake failed: the port does not speak TLS — is it the http listener?"
         return f"{where}: TLS handshake failed: {_first_line(detail)}"
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return (
@@ -297,7 +298,7 @@ def describe_error(exc: BaseException, target: PlanTarget, user: str = "") -> st
                 "`winrm quickconfig` on the host) and the port open in the firewall?"
             )
         if "Name or service not known" in detail or "NameResolution" in detail or "getaddrinfo" in detail:
-            return f"{where}: cannot resolve host name {target.address!r} — check spec.address and the runner's DNS"
+            return f"{where}: cannot resolve {target.address!r} — check spec.address and the runner's DNS"
         if "No route to host" in detail or "Network is unreachable" in detail:
             return f"{where}: no route to the host — check the address and the network"
         if "RemoteDisconnected" in detail or "Connection aborted" in detail or "reset by peer" in detail:
@@ -315,7 +316,7 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else ""
 
 
-# --- connections ----------------------------------------------------------------------------------------------
+# --- connections -------------------------------------------------------------------------------------------
 @dataclass
 class _Login:
     username: str
@@ -330,7 +331,7 @@ def _load_login(target: PlanTarget, secrets: SecretStore) -> _Login:
     if credential is None:
         raise WinrmStepError(
             f"{where}: target {target.name} has no credential: set spec.credentialRef on the Target (or "
-            "credentialRef on the step) to a BasicAuth Credential (DOMAIN\\user or user@domain and a password)"
+            "credentialRef on the step) to a BasicAuth Credential (DOMAIN\\user or user@domain, password)"
         )
     transport = target.transport or "ntlm"
     allowed = {"ClientCertificate"} if transport == "certificate" else {"BasicAuth", "Kerberos"}
@@ -338,8 +339,8 @@ def _load_login(target: PlanTarget, secrets: SecretStore) -> _Login:
         allowed.add("ClientCertificate")
     if credential.type not in allowed:
         raise WinrmStepError(
-            f"{where}: Credential {credential.name} is of type {credential.type}; WinRM {transport} logins need "
-            "a BasicAuth (or Kerberos) Credential"
+            f"{where}: Credential {credential.name} is of type {credential.type}; WinRM {transport} "
+            "logins need a BasicAuth (or Kerberos) Credential"
         )
 
     def read(role: str) -> str:
@@ -373,9 +374,9 @@ def _check_transport_available(target: PlanTarget) -> None:
     transport = target.transport or "ntlm"
     if transport == "kerberos" and not winrm_transport.HAVE_KERBEROS:
         raise WinrmStepError(
-            f"{where}: the kerberos transport needs the pykerberos library (pywinrm[kerberos]) and a krb5.conf "
-            "for the realm in the runner image, and this image has none; build a runner image with them "
-            "(docs/winrm.md) or use transport ntlm"
+            f"{where}: the kerberos transport needs the pykerberos library (pywinrm[kerberos]) and a "
+            "krb5.conf for the realm in the runner image, and this image has none; build a runner "
+            "image with them (docs/winrm.md) or use transport ntlm"
         )
     if transport == "credssp" and not winrm_transport.HAVE_CREDSSP:
         raise WinrmStepError(
@@ -849,7 +850,8 @@ class WinrmSession:
                     exit_code=result.exit_code,
                     stdout="\n".join(summary),
                     stderr=ctx.secrets.mask(result.stderr),
-                    error=f"{where}: copying {sources.label} to {destination} failed (exit code {result.exit_code})"
+                    error=f"{where}: copying {sources.label} to {destination} failed "
+                    f"(exit code {result.exit_code})"
                     + (f": {detail}" if detail else "; the host did not confirm the checksum"),
                 )
             total += source.size
