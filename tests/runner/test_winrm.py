@@ -321,6 +321,41 @@ def test_a_closed_port_fails_with_connection_refused(session: WinrmSession, tmp_
     assert not outcome.ok and "connection refused" in outcome.error and f"127.0.0.1:{port}" in outcome.error
 
 
+def test_wrong_scheme_or_path_is_explained(
+    winrm_server: WinrmServerFactory, ntlm_server: WinrmServer, session: WinrmSession, tmp_path: Path
+) -> None:
+    https = winrm_server(https=True)
+    plain_to_tls = target_for(https, credential(tmp_path), scheme="http", name="a")
+    error = session.run(step(command="hostname"), make_ctx(tmp_path, plain_to_tls)).error
+    assert "closed the connection" in error and "scheme" in error
+    tls_to_plain = target_for(ntlm_server, credential(tmp_path), scheme="https", name="b")
+    error = session.run(step(command="hostname"), make_ctx(tmp_path, tls_to_plain)).error
+    assert "does not speak TLS" in error
+    wrong_path = target_for(ntlm_server, credential(tmp_path), path="/wsman-nope", name="c")
+    error = session.run(step(command="hostname"), make_ctx(tmp_path, wrong_path)).error
+    assert "HTTP 404" in error and "winrm.path" in error
+
+
+def test_an_http_server_that_is_not_winrm_is_explained(session: WinrmSession, tmp_path: Path) -> None:
+    from tests.e2e.servers import recording_server
+
+    with recording_server() as other:
+        port = int(other.url.rsplit(":", 1)[1])
+        for transport in ("ntlm", "basic"):
+            target = PlanTarget(
+                name=f"web-{transport}",
+                address="127.0.0.1",
+                port=port,
+                protocol="winrm",
+                scheme="http",
+                transport=transport,
+                message_encryption="auto",
+                credential=credential(tmp_path),
+            )
+            error = session.run(step(command="hostname"), make_ctx(tmp_path, target)).error
+            assert "not a WS-Management reply" in error, error
+
+
 def test_user_principal_names_log_in(ntlm_server: WinrmServer, session: WinrmSession, tmp_path: Path) -> None:
     target = target_for(ntlm_server, credential(tmp_path, user=UPN_USER))
     outcome = session.run(step(command="Write-Output $env:USERNAME"), make_ctx(tmp_path, target))

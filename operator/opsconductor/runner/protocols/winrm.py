@@ -268,6 +268,11 @@ def describe_error(exc: BaseException, target: PlanTarget, user: str = "") -> st
         return f"{where}: WS-Management fault{f' {code}' if code else ''}: {(exc.reason or '').strip()}"
     if isinstance(exc, WinRMTransportError):
         text = re.sub(r"\s+", " ", exc.response_text or "")[:300]
+        if exc.code == 404:
+            return (
+                f"{where}: HTTP 404 for {target.path or '/wsman'} — check the Target's winrm.path (the "
+                "WS-Management endpoint is /wsman unless the listener was configured otherwise)"
+            )
         return f"{where}: the WinRM service answered HTTP {exc.code}{f': {text}' if text else ''}"
     if isinstance(exc, requests.exceptions.SSLError):
         detail = str(exc)
@@ -429,7 +434,9 @@ def open_protocol(
     return protocol, login.username
 
 
-_CALL_ERRORS = (WinRMError, requests.exceptions.RequestException, OSError)
+_CALL_ERRORS = (WinRMError, WinRMTransportError, requests.exceptions.RequestException, OSError)
+_NOT_WSMAN_ERRORS = (ET.ParseError, StopIteration, KeyError, AttributeError, AssertionError)
+"""What pywinrm raises when the answer is not a WS-Management reply (an HTTP server of another kind)."""
 
 
 @dataclass
@@ -452,6 +459,13 @@ class _Connection:
             raise
         except _CALL_ERRORS as exc:
             raise WinrmStepError(describe_error(exc, self.target, self.user), original=exc) from None
+        except _NOT_WSMAN_ERRORS as exc:
+            where = f"winrm {endpoint(self.target.address, self.target.port)}"
+            raise WinrmStepError(
+                f"{where}: the answer is not a WS-Management reply ({type(exc).__name__}) — is this port a "
+                f"WinRM listener, and {self.target.path or '/wsman'} its path?",
+                original=exc,
+            ) from None
 
     def open_shell(self, env: dict[str, str] | None = None, working_dir: str | None = None) -> str:
         return str(
