@@ -295,7 +295,7 @@ def test_bad_credentials_fail_clearly_without_the_password(
     target = target_for(ntlm_server, credential(tmp_path, password=CANARY))
     outcome = session.run(step(command="hostname"), make_ctx(tmp_path, target, secrets=secrets))
     assert not outcome.ok
-    assert "rejected the credentials" in outcome.error and "CORP\\\\opsc-winrm" in outcome.error
+    assert "rejected the credentials" in outcome.error and "CORP\\opsc-winrm" in outcome.error
     assert "401" in outcome.error and CANARY not in outcome.error
     unknown = target_for(ntlm_server, credential(tmp_path, user="CORP\\nobody"))
     assert (

@@ -258,7 +258,7 @@ def describe_error(exc: BaseException, target: PlanTarget, user: str = "") -> st
     transport = target.transport or "ntlm"
     if isinstance(exc, InvalidCredentialsError):
         return (
-            f"{where}: the server rejected the credentials of user {user!r} ({transport}, HTTP 401) — check "
+            f"{where}: the server rejected the credentials of user '{user}' ({transport}, HTTP 401) — check "
             "the Credential's user name (DOMAIN\\user or user@domain) and password, that the account may use "
             "WinRM (Remote Management Users or Administrators), and that the Target's winrm.transport is one "
             "the host accepts"
