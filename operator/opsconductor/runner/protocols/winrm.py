@@ -450,9 +450,14 @@ class _Connection:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def call(self, what: Callable[[], Any], operation_timeout: float | None = None) -> Any:
-        """Run one WS-Man request; errors become WinrmStepError with an actionable message."""
-        if operation_timeout is not None:
-            self.protocol.operation_timeout_sec = max(1, int(operation_timeout))
+        """Run one WS-Man request; errors become WinrmStepError with an actionable message.
+
+        Args:
+            what: the pywinrm call.
+            operation_timeout: the request's OperationTimeout (default: the Target's), whole seconds.
+        """
+        configured = self.target.operation_timeout_seconds or DEFAULT_OPERATION_TIMEOUT_SECONDS
+        self.protocol.operation_timeout_sec = max(1, int(operation_timeout or configured))
         try:
             return what()
         except WinRMOperationTimeoutError:
@@ -485,7 +490,7 @@ class _Connection:
         return self.shell_id
 
     def close_shell(self, shell_id: str) -> None:
-        with contextlib.suppress(*_CALL_ERRORS, WinrmStepError, StopIteration, AssertionError):
+        with contextlib.suppress(WinrmStepError):
             self.call(lambda: self.protocol.close_shell(shell_id, close_session=False), STOP_TIMEOUT_SECONDS)
 
     def close(self) -> None:
@@ -646,8 +651,9 @@ class WinrmSession:
         """Start a command (in the default shell, or a shell of its own for env/workingDir), stream it."""
         stop = _stop_reason(ctx)
         if stop:
+            where = f"winrm {endpoint(connection.target.address, connection.target.port)}"
             raise WinrmStepError(
-                f"{stop} before the command started",
+                f"{where}: {stop} before the command started",
                 timed_out=stop == "timed out",
                 cancelled=stop == "cancelled",
             )
@@ -738,12 +744,12 @@ class WinrmSession:
             body = header.setdefault("env:Body", {}).setdefault("rsp:Signal", {})
             body["@CommandId"] = command_id
             body["rsp:Code"] = SIGNAL_CTRL_C
-            with contextlib.suppress(*_CALL_ERRORS, WinrmStepError):
+            with contextlib.suppress(WinrmStepError):
                 connection.call(
                     lambda: protocol.send_message(xmltodict.unparse({"env:Envelope": header})),
                     STOP_TIMEOUT_SECONDS,
                 )
-        with contextlib.suppress(*_CALL_ERRORS, WinrmStepError, StopIteration, AssertionError):
+        with contextlib.suppress(WinrmStepError):
             connection.call(lambda: protocol.cleanup_command(shell_id, command_id), STOP_TIMEOUT_SECONDS)
 
     # --- winrm.exec -------------------------------------------------------------------------------------
