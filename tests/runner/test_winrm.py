@@ -531,3 +531,66 @@ def test_collect_facts(ntlm_server: WinrmServer, tmp_path: Path) -> None:
             target_for(ntlm_server, credential(tmp_path, password=CANARY)), FileSecretStore(), timeout=10
         )
     assert CANARY not in str(failure.value)
+
+
+# --- opsconductor run -----------------------------------------------------------------------------------------
+def test_opsconductor_run_a_windows_job_from_manifest_files(ntlm_server: WinrmServer, tmp_path: Path) -> None:
+    import io
+
+    import yaml
+
+    from opsconductor.localrun import run_local
+
+    documents = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "win-login"},
+            "stringData": {"username": USER, "password": winrm_password()},
+        },
+        {
+            "apiVersion": "opsconductor.io/v1alpha1",
+            "kind": "Credential",
+            "metadata": {"name": "win-login"},
+            "spec": {"type": "BasicAuth", "secretRef": {"name": "win-login"}},
+        },
+        {
+            "apiVersion": "opsconductor.io/v1alpha1",
+            "kind": "Target",
+            "metadata": {"name": "win-local", "labels": {"os": "windows"}},
+            "spec": {
+                "address": ntlm_server.address,
+                "port": ntlm_server.port,
+                "protocol": "winrm",
+                "credentialRef": {"name": "win-login"},
+            },
+        },
+        {
+            "apiVersion": "opsconductor.io/v1alpha1",
+            "kind": "OpsJob",
+            "metadata": {"name": "local-windows"},
+            "spec": {
+                "targetSelector": {"matchLabels": {"os": "windows"}},
+                "steps": [
+                    {
+                        "name": "note",
+                        "type": "winrm.copy",
+                        "source": {"inline": "hi\n"},
+                        "destination": "C:\\t\\n.txt",
+                    },
+                    {
+                        "name": "read",
+                        "type": "winrm.exec",
+                        "command": "Get-Content -LiteralPath 'C:\\t\\n.txt'",
+                    },
+                ],
+            },
+        },
+    ]
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump_all(documents))
+    out, err = io.StringIO(), io.StringIO()
+    assert run_local([manifest], stdout=out, stderr=err) == 0, err.getvalue()
+    assert "[read/win-local] stdout: hi\n" in out.getvalue()
+    assert "copied C:\\t\\n.txt (3 bytes" in out.getvalue()
+    assert winrm_password() not in out.getvalue() + err.getvalue()
