@@ -533,7 +533,7 @@ def test_collect_facts(ntlm_server: WinrmServer, tmp_path: Path) -> None:
     assert CANARY not in str(failure.value)
 
 
-# --- opsconductor run -----------------------------------------------------------------------------------------
+# --- opsconductor run ---------------------------------------------------------------------------------------
 def test_opsconductor_run_a_windows_job_from_manifest_files(ntlm_server: WinrmServer, tmp_path: Path) -> None:
     import io
 
