@@ -1,7 +1,8 @@
 """`make demo`: a real OpsJob run on a local control plane, against real local SSH hosts.
 
 Starts the control plane, installs the CRDs, starts the process kubelet and the operator (under its
-least-privilege RBAC), starts real OpenSSH servers standing in for the example Targets, applies the
+least-privilege RBAC), starts real OpenSSH servers standing in for the example Targets (and the
+WinRM test server from ``tests/winrm`` for the Windows ones: no Windows host runs here), applies the
 examples' Secret/Credential/Targets re-pointed at those servers, runs the example OpsJobs unchanged,
 and prints what a user sees: `kubectl get opsconductor` and the main job's results. Stops
 everything at the end unless --keep is given.
@@ -23,6 +24,11 @@ from opsconductor.localcluster.operatorprocess import OperatorProcess
 from opsconductor.results import format_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # the WinRM test server lives with the tests
+
+from tests.winrm.examples import start_windows_hosts  # noqa: E402 -- needs the path above
+from tests.winrm.fixtures import make_tls  # noqa: E402
+
 EXAMPLES = REPO_ROOT / "examples"
 MAIN_JOB = "web-group-inventory"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -58,13 +64,16 @@ def main() -> int:
     cluster.start()
     operator = OperatorProcess(cluster.control_plane)
     hosts = ExampleHosts()
+    windows = {}
     try:
         operator.start()
         hosts.start()
+        windows = start_windows_hosts(hosts, make_tls(args.dir / "winrm-pki"))
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in cluster.startup_seconds.items())
         print(f"up in {time.monotonic() - began:.1f}s ({timings})")
         print(f"API server {cluster.control_plane.api_url}; KUBECONFIG={cluster.admin_kubeconfig}")
         print("local SSH hosts: " + ", ".join(f"{name}={s.where}" for name, s in hosts.servers.items()))
+        print("local WinRM hosts: " + ", ".join(f"{name}={s.endpoint}" for name, s in windows.items()))
 
         banner("applying the example Targets and Credential (re-pointed at the local hosts)")
         cluster.kubectl("create", "namespace", "demo")
@@ -93,6 +102,8 @@ def main() -> int:
                 signal.pause()
         return 1 if failed else 0
     finally:
+        for server in windows.values():
+            server.stop()
         hosts.stop()
         operator.stop()
         cluster.stop()

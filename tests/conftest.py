@@ -14,7 +14,7 @@ from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.helm import Helm
 from tests.kube import Kubectl
 
-pytest_plugins = ["tests.fixtures.sshd"]
+pytest_plugins = ["tests.fixtures.sshd", "tests.winrm.fixtures"]
 E2E_PREFIX = "e2e-"
 _namespace_counter = itertools.count()
 

@@ -216,7 +216,7 @@ def test_step_without_targets_runs_once_as_local() -> None:
     assert record.target == "local" and record.phase == "Succeeded"
 
 
-def test_winrm_steps_fail_clearly() -> None:
+def test_a_winrm_target_without_a_credential_fails_clearly() -> None:
     winrm = PlanTarget(name="w", address="127.0.0.1", port=5985, protocol="winrm")
     plan = RunPlan(
         job=JobRef(namespace="ops", name="j", uid="u"),
@@ -229,7 +229,8 @@ def test_winrm_steps_fail_clearly() -> None:
         ],
     )
     result = Engine(plan, FileSecretStore(), output=OutputLog(io.StringIO())).run()
-    assert result.state.steps[0].targets[0].error == "winrm steps are not supported yet"
+    error = result.state.steps[0].targets[0].error
+    assert error.startswith("winrm 127.0.0.1:5985: target w has no credential: set spec.credentialRef")
     assert result.summary.phase == "Failed"
 
 

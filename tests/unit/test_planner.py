@@ -291,10 +291,11 @@ def load(kind_dir: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     "name",
-    sorted(yaml.safe_load(p.read_text())["metadata"]["name"] for p in (EXAMPLES / "opsjobs").glob("*.yaml")),
+    sorted(d["metadata"]["name"] for d in load("opsjobs") if d["kind"] == "OpsJob"),
 )
 def test_examples_plan(name: str) -> None:
-    jobs = {d["metadata"]["name"]: d for d in load("opsjobs")}
+    jobs = {d["metadata"]["name"]: d for d in load("opsjobs") if d["kind"] == "OpsJob"}
+    config_maps = {d["metadata"]["name"]: d["data"] for d in load("opsjobs") if d["kind"] == "ConfigMap"}
     credentials = [d for d in load("credentials") if d["kind"] == "Credential"]
     secrets = [d for d in load("credentials") if d["kind"] == "Secret"]
     planned = build_run_plan(
@@ -302,5 +303,6 @@ def test_examples_plan(name: str) -> None:
         load("targets"),
         {c["metadata"]["name"]: c for c in credentials},
         {s["metadata"]["name"]: set((s.get("stringData") or {}) | (s.get("data") or {})) for s in secrets},
+        config_maps,
     )
     assert planned.plan.steps

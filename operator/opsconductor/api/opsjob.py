@@ -250,6 +250,17 @@ class SshExecStep(StepBase, ExecFields):
 class WinrmExecStep(StepBase, ExecFields):
     """Run a PowerShell or cmd command over WinRM."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("has(self.command) != has(self.script)", "exec steps take exactly one of command or script"),
+            cel(
+                "!has(self.shell) || self.shell != 'cmd' || !has(self.script)",
+                "shell cmd runs one command line: use command, or shell powershell for a multi-line script",
+                field_path=".script",
+            ),
+        )
+    )
+
     type: Literal["winrm.exec"]
     """Step type."""
     shell: Literal["powershell", "cmd"] | None = None

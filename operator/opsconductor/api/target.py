@@ -66,7 +66,13 @@ class WinrmSettings(ApiModel):
                 "self.scheme == 'https' || !has(self.tls)",
                 "tls settings apply only with scheme https",
                 field_path=".tls",
-            )
+            ),
+            cel(
+                "self.transport != 'basic' || self.messageEncryption != 'always'",
+                "basic authentication cannot encrypt messages: use scheme https (or transport ntlm) instead "
+                "of messageEncryption always",
+                field_path=".messageEncryption",
+            ),
         )
     )
 

@@ -11,6 +11,10 @@ The service-restart example runs ``systemctl`` with ``sudo: true``, which the ru
 ``/bin/sh`` as root without a password on these throwaway hosts, and sudo's ``secure_path`` puts a
 stub ``systemctl`` (recording its calls) first; so does the sshd's ``SetEnv PATH`` for commands
 without sudo.
+
+Windows Targets need a WinRM endpoint, which this package does not provide (the WinRM test server
+lives with the tests, ``tests/winrm``): the caller starts one per Windows example Target and sets
+:attr:`ExampleHosts.windows`; Windows Targets without an endpoint are left out of the manifests.
 """
 
 from __future__ import annotations
@@ -73,12 +77,27 @@ class _HealthHandler(BaseHTTPRequestHandler):
         pass
 
 
+@dataclass(frozen=True)
+class WindowsEndpoint:
+    """Where the stand-in for one example Windows Target listens, and how to log in to it."""
+
+    address: str
+    port: int
+    scheme: str
+    username: str
+    password: str
+    ca_bundle_pem: str | None = None
+    """The CA that issued the endpoint's certificate (https), rendered into the ``corp-ca`` Secret."""
+
+
 @dataclass
 class ExampleHosts:
     """Local stand-ins for the example Targets."""
 
     first_address: int = 21
     servers: dict[str, SshServer] = field(default_factory=dict)
+    windows: dict[str, WindowsEndpoint] = field(default_factory=dict)
+    """Windows Target name → the WinRM endpoint standing in for it (set by the caller)."""
     http_port: int = 0
     _root: Path | None = None
     _factory: SshdFactory | None = None
@@ -157,7 +176,36 @@ class ExampleHosts:
             target["spec"].update(address="127.0.0.1", port=self.http_port)
             target["spec"]["http"] = {**target["spec"].get("http", {}), "scheme": "http"}
             documents.append(target)
+        documents += self._windows_manifests()
         return "\n---\n".join(json.dumps(d) for d in documents)
+
+    def _windows_manifests(self) -> list[dict[str, Any]]:
+        """Render the ``windows-admin``/``corp-ca`` Secrets and the Windows Targets that have an endpoint."""
+        if not self.windows:
+            return []
+        first = next(iter(self.windows.values()))
+        documents: list[dict[str, Any]] = []
+        for doc in _load(EXAMPLES / "credentials" / "windows-admin.yaml"):
+            if doc["kind"] == "Secret":
+                doc = copy.deepcopy(doc)
+                doc["stringData"] = {"username": first.username, "password": first.password}
+            documents.append(doc)
+        ca = next((e.ca_bundle_pem for e in self.windows.values() if e.ca_bundle_pem), None)
+        if ca is not None:
+            for doc in _load(EXAMPLES / "credentials" / "corp-ca.yaml"):
+                doc = copy.deepcopy(doc)
+                doc["stringData"] = {"ca.crt": ca}
+                documents.append(doc)
+        for target in _load(EXAMPLES / "targets" / "windows.yaml"):
+            endpoint = self.windows.get(target["metadata"]["name"])
+            if endpoint is None:
+                continue
+            target = copy.deepcopy(target)
+            target["spec"].update(address=endpoint.address, port=endpoint.port)
+            target["spec"].setdefault("winrm", {})["scheme"] = endpoint.scheme
+            target["spec"].pop("probe", None)
+            documents.append(target)
+        return documents
 
     @staticmethod
     def systemctl_calls() -> list[str]:

@@ -97,7 +97,9 @@ def _wait_session() -> ProtocolSession:
 
 
 def _winrm_session() -> ProtocolSession:
-    raise UnsupportedStep("winrm steps are not supported yet")
+    from opsconductor.runner.protocols.winrm import WinrmSession
+
+    return WinrmSession()
 
 
 @dataclass(frozen=True)
