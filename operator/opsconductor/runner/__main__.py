@@ -124,4 +124,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["probe"]:  # probe pods: the same image, one argument (docs/targets.md)
+        from opsconductor.runner.probe import main as probe_main
+
+        sys.exit(probe_main())
     sys.exit(main())
