@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from opsconductor.localcluster.examplehosts import EXAMPLES, ExampleHosts
 from tests.e2e.conftest import wait_phase
-from tests.kube import Kubectl
+from tests.kube import Kubectl, wait_until
 
 EXAMPLE_JOBS = sorted((EXAMPLES / "opsjobs").glob("*.yaml"))
 
@@ -61,3 +62,25 @@ def test_example_job_succeeds(path: Path, k: Kubectl, example_hosts: ExampleHost
         assert example_hosts.systemctl_calls()[calls_before:] == ["restart nginx", "is-active nginx"]
     elif path.stem == "http-health-check":
         assert steps["healthz"]["targets"][0]["exitCode"] == 200
+
+
+def test_example_targets_are_probed_and_credentials_validated(
+    k: Kubectl, example_hosts: ExampleHosts
+) -> None:
+    """web01 declares ``probe:`` (its facts fill in); the linux-admin Credential validates its key."""
+    k.apply(example_hosts.manifests())
+
+    def probed() -> dict[str, Any] | None:
+        status = k.get("target", "web01").get("status") or {}
+        return status if status.get("lastProbe") and not status.get("activeProbe") else None
+
+    status = wait_until(probed, timeout=90, what="the probe of web01")
+    assert status["lastProbe"]["reachable"] is True, json.dumps(status, indent=1)
+    assert status["facts"]["osName"] == "Linux"
+    assert "lastProbe" not in (k.get("target", "web02").get("status") or {})  # no probe: settings
+    credential = wait_until(
+        lambda: (c := k.get("credential", "linux-admin")).get("status", {}).get("publicKeyFingerprint") and c,
+        what="the linux-admin Credential to be validated",
+    )
+    ready = next(c for c in credential["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Valid")

@@ -235,3 +235,33 @@ spec:
     assert reachable(target) == ("False", "CredentialNotFound")
     assert "Credential nobody" in target["status"]["lastProbe"]["message"]
     assert probe_pods(k, "orphan-01") == []
+
+
+def test_interval_probes_run_on_their_own(k: Kubectl) -> None:
+    with recording_server() as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        k.apply(
+            f"""apiVersion: opsconductor.io/v1alpha1
+kind: Target
+metadata: {{name: api-02}}
+spec:
+  address: 127.0.0.1
+  port: {port}
+  protocol: http
+  http: {{scheme: http}}
+  probe: {{intervalSeconds: 30}}
+"""
+        )
+        first = probed(k, "api-02")
+        assert reachable(first) == ("True", "Connected")
+        first_time = first["status"]["lastProbe"]["time"]
+        due = datetime.fromisoformat(first["status"]["nextProbeTime"].replace("Z", "+00:00"))
+        second = wait_until(
+            lambda: (t := get(k, "api-02"))["status"]["lastProbe"]["time"] != first_time and t,
+            timeout=75,
+            what="the interval probe",
+        )
+        probe_time = datetime.fromisoformat(second["status"]["lastProbe"]["time"].replace("Z", "+00:00"))
+        assert probe_time >= due
+        assert server.count("/") >= 2
+        assert target_events(k, "api-02") == [("Normal", "Reachable")]  # no Event without a change

@@ -107,7 +107,9 @@ def test_garbage_key_missing_key_empty_value_and_missing_secret() -> None:
     missing = check_ssh({"username": b"ops"})
     assert missing.reason == "MissingKey"
     assert "'ssh-privatekey'" in missing.message and "ops-ssh" in missing.message
-    renamed = check_ssh({"username": b"ops", "id": openssh(private_key("ed25519"))}, keys={"privateKey": "id"})
+    renamed = check_ssh(
+        {"username": b"ops", "id": openssh(private_key("ed25519"))}, keys={"privateKey": "id"}
+    )
     assert renamed.valid
     inline_user = check_ssh({"ssh-privatekey": openssh(private_key("ed25519"))}, username="root")
     assert inline_user.valid
@@ -163,7 +165,10 @@ def cert_spec(days: int = 30) -> CredentialSpec:
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa", "ed25519"])
 def test_valid_certificate_reports_not_after_subject_and_fingerprint(kind: str) -> None:
     key = private_key(kind)
-    data = {"tls.crt": certificate(key, NOW - timedelta(days=1), NOW + timedelta(days=90)), "tls.key": pem(key)}
+    data = {
+        "tls.crt": certificate(key, NOW - timedelta(days=1), NOW + timedelta(days=90)),
+        "tls.key": pem(key),
+    }
     check = check_credential("client", cert_spec(), data, NOW)
     assert check.valid, check.message
     assert check.certificate is not None
@@ -175,17 +180,26 @@ def test_valid_certificate_reports_not_after_subject_and_fingerprint(kind: str) 
 
 def test_expiring_expired_not_yet_valid_mismatch_and_garbage() -> None:
     key = private_key("ecdsa")
-    soon = {"tls.crt": certificate(key, NOW - timedelta(days=300), NOW + timedelta(days=10)), "tls.key": pem(key)}
+    soon = {
+        "tls.crt": certificate(key, NOW - timedelta(days=300), NOW + timedelta(days=10)),
+        "tls.key": pem(key),
+    }
     expiring = check_credential("client", cert_spec(30), soon, NOW)
     assert expiring.valid and expiring.expiring is True
     assert "in 10 day(s)" in expiring.expiring_message
     assert check_credential("client", cert_spec(5), soon, NOW).expiring is False  # configurable window
 
-    old = {"tls.crt": certificate(key, NOW - timedelta(days=300), NOW - timedelta(days=1)), "tls.key": pem(key)}
+    old = {
+        "tls.crt": certificate(key, NOW - timedelta(days=300), NOW - timedelta(days=1)),
+        "tls.key": pem(key),
+    }
     expired = check_credential("client", cert_spec(), old, NOW)
     assert (expired.valid, expired.reason) == (False, "CertificateExpired")
 
-    future = {"tls.crt": certificate(key, NOW + timedelta(days=1), NOW + timedelta(days=9)), "tls.key": pem(key)}
+    future = {
+        "tls.crt": certificate(key, NOW + timedelta(days=1), NOW + timedelta(days=9)),
+        "tls.key": pem(key),
+    }
     assert check_credential("client", cert_spec(), future, NOW).reason == "CertificateNotYetValid"
 
     other = {"tls.crt": soon["tls.crt"], "tls.key": pem(private_key("ecdsa"))}
@@ -206,7 +220,10 @@ def manifest(status: dict[str, Any] | None = None, generation: int = 1) -> dict[
 def test_status_conditions_events_only_on_change_and_no_secret_values() -> None:
     key = private_key("rsa")
     key_pem = pem(key)
-    soon = {"tls.crt": certificate(key, NOW - timedelta(days=300), NOW + timedelta(days=10)), "tls.key": key_pem}
+    soon = {
+        "tls.crt": certificate(key, NOW - timedelta(days=300), NOW + timedelta(days=10)),
+        "tls.key": key_pem,
+    }
     check = check_credential("client", cert_spec(), soon, NOW)
     first = credential_status(manifest(), check, "41", NOW)
     assert first.patch is not None
