@@ -1,4 +1,4 @@
-"""Credential validation through the operator: Ready follows the Secret; invalid Credentials fail OpsJobs fast."""
+"""Credential validation through the operator: Ready follows the Secret; invalid ones fail OpsJobs fast."""
 
 from __future__ import annotations
 
