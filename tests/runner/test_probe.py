@@ -15,6 +15,7 @@ from opsconductor.runner.probe import parse_ssh_facts, probe
 from opsconductor.runner.secrets import FileSecretStore
 from tests.e2e.servers import recording_server
 from tests.fixtures.sshd import ClientKeys, SshServer, TestUser
+from tests.runner.servers import make_pki, serve
 
 
 def closed_port() -> int:
@@ -138,3 +139,31 @@ def test_main_writes_the_report_to_the_termination_log(
 def test_report_fits_a_termination_message() -> None:
     report = ProbeReport(reachable=False, reason="ConnectionFailed", message="x" * 10000)
     assert len(report.to_json().encode()) <= 4096
+
+
+def test_https_probe_verifies_the_server_with_the_targets_ca_bundle(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    with serve({"/": lambda request: (204, {}, b"")}, tls=pki.server_context()) as server:
+
+        def target(**extra: object) -> PlanTarget:
+            fields: dict[str, object] = {
+                "name": "api",
+                "address": "127.0.0.1",
+                "port": server.port,
+                "protocol": "http",
+                "scheme": "https",
+            }
+            return PlanTarget.model_validate({**fields, **extra})
+
+        trusted = probe(ProbeRequest(target=target(ca_bundle_file=str(pki.ca))), FileSecretStore())
+        assert trusted.reachable, trusted.message
+        assert trusted.message == "GET /: HTTP 204 No Content"
+        untrusted = probe(ProbeRequest(target=target(ca_bundle_file=str(pki.other_ca))), FileSecretStore())
+        assert (untrusted.reachable, untrusted.reason) == (False, "TLSError")
+        assert "caBundleSecretRef" in untrusted.message
+        insecure = probe(ProbeRequest(target=target(insecure_skip_tls_verify=True)), FileSecretStore())
+        assert insecure.reachable
+        missing = probe(
+            ProbeRequest(target=target(ca_bundle_file=str(tmp_path / "nope.pem"))), FileSecretStore()
+        )
+        assert (missing.reachable, missing.reason) == (False, "TLSError")

@@ -205,6 +205,18 @@ def probe_ssh(
     return (parse_ssh_facts(output) if collect_facts else {}), note
 
 
+def _cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """Find the first ``kind`` exception in the cause/context chain (httpx wraps httpcore's)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def probe_http(
     target: PlanTarget, secrets: SecretStore, timeout: float, collect_facts: bool
 ) -> tuple[Facts, str]:
@@ -214,15 +226,17 @@ def probe_http(
         No facts (an HTTP endpoint does not tell its OS), and the status line as the note.
     """
     url = http_url(target)
-    try:
-        context = ssl.create_default_context(cafile=target.ca_bundle_file)
-    except (OSError, ssl.SSLError) as error:
-        raise ProbeError(
-            f"GET {url}: cannot load the CA bundle {target.ca_bundle_file}: {error}", REASON_TLS_ERROR
-        ) from None
-    if target.insecure_skip_tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    context: ssl.SSLContext | bool = False  # plain http: loading the CA store would only cost time
+    if url.startswith("https:"):
+        try:
+            context = ssl.create_default_context(cafile=target.ca_bundle_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ProbeError(
+                f"GET {url}: cannot load the CA bundle {target.ca_bundle_file}: {error}", REASON_TLS_ERROR
+            ) from None
+        if target.insecure_skip_tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
     connect = min(float(target.connect_timeout_seconds), timeout)
     try:
         with httpx.Client(verify=context, timeout=httpx.Timeout(timeout, connect=connect)) as client:
@@ -230,7 +244,7 @@ def probe_http(
     except httpx.TimeoutException:
         raise ProbeError(f"GET {url}: no answer within {timeout:g}s", REASON_TIMEOUT) from None
     except httpx.HTTPError as error:
-        cause = error.__context__ or error.__cause__
+        cause = _cause(error, ssl.SSLCertVerificationError)
         if isinstance(cause, ssl.SSLCertVerificationError):
             raise ProbeError(
                 f"GET {url}: the server's TLS certificate is not trusted ({cause.verify_message}); set the "
