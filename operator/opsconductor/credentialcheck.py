@@ -466,3 +466,26 @@ def credential_problem(credential: Manifest, *, include_missing: bool = False) -
     if not include_missing and ready.get("reason") in (REASON_SECRET_NOT_FOUND, REASON_MISSING_KEY):
         return None
     return str(ready["reason"]), str(ready.get("message") or "")
+
+
+def next_expiry_check(credential: Manifest) -> datetime | None:
+    """When this Credential's verdict changes by time alone: Expiring turns True, then it expires.
+
+    Returns:
+        The earliest such instant not yet reflected in the status (it may be in the past: then a
+        re-validation is due now), or None when time alone changes nothing (no certificate, or
+        already expired).
+    """
+    status = credential.get("status") or {}
+    not_after_text = (status.get("certificate") or {}).get("notAfter")
+    if not not_after_text:
+        return None
+    not_after = datetime.fromisoformat(str(not_after_text).replace("Z", "+00:00"))
+    conditions = {cond.get("type"): cond for cond in status.get("conditions") or []}
+    days = int((credential.get("spec") or {}).get("expiryWarningDays", 30))
+    instants = []
+    if (conditions.get(EXPIRING) or {}).get("status") != "True":
+        instants.append(not_after - timedelta(days=days))
+    if (conditions.get(c.READY) or {}).get("reason") != REASON_CERTIFICATE_EXPIRED:
+        instants.append(not_after)
+    return min(instants) if instants else None

@@ -174,3 +174,15 @@ def secret_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
 def recheck_credential(body: kopf.Body, **_: Any) -> None:
     """Daily re-validation: certificates expire without anything changing."""
     credential_handlers.validate(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _holds_certificate(status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter: the Credential's status shows a certificate (it can expire)."""
+    return bool(status.get("certificate")) if status else False
+
+
+@kopf.daemon(GROUP, VERSION, CREDENTIAL.plural, id="expiry", when=_holds_certificate, cancellation_timeout=2)
+def watch_credential_expiry(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Flip Expiring and Ready on time, not up to a day late."""
+    meta = body["metadata"]
+    credential_handlers.watch_expiry(meta["namespace"], meta["name"], body, stopped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -12,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from opsconductor.clock import set_fake_time
+from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.e2e.conftest import conditions, wait_phase
 from tests.kube import Kubectl, wait_until
@@ -201,3 +204,69 @@ spec:
     message = done["status"]["message"]
     assert "Credential bad" in message and "InvalidPrivateKey" in message and "bad-key" in message
     assert "runnerPod" not in done["status"]  # no runner was started
+
+
+def test_expiry_follows_the_operators_clock(
+    kubectl: Kubectl, namespace: str, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """A second operator on a file clock: Expiring and CertificateExpired flip when time reaches them."""
+    clock_file = tmp_path / "clock"
+    start = datetime.now(UTC).replace(microsecond=0)
+    set_fake_time(clock_file, start)
+    clocked = OperatorProcess(
+        control_plane,
+        name="operator-clock",
+        env={"OPSCONDUCTOR_NAMESPACES": namespace, "OPSCONDUCTOR_CLOCK_FILE": str(clock_file)},
+    )
+    clocked.start()
+    try:
+        k = kubectl.with_namespace(namespace)
+        key = ed25519.Ed25519PrivateKey.generate()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rotating")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start - timedelta(days=1))
+            .not_valid_after(start + timedelta(days=40))
+            .sign(key, None)
+        )
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        k.apply(
+            f"""apiVersion: v1
+kind: Secret
+metadata: {{name: rotating}}
+data:
+  tls.crt: {b64(cert.public_bytes(serialization.Encoding.PEM))}
+  tls.key: {b64(key_pem)}
+---
+apiVersion: opsconductor.io/v1alpha1
+kind: Credential
+metadata: {{name: rotating}}
+spec: {{type: ClientCertificate, secretRef: {{name: rotating}}, expiryWarningDays: 30}}
+"""
+        )
+        first = wait_ready(k, "rotating", ("True", "Valid"))
+        assert conditions(first)["Expiring"] == ("False", "CertificateNotExpiring")
+
+        set_fake_time(clock_file, start + timedelta(days=11))
+        wait_until(
+            lambda: (
+                conditions(k.get("credential", "rotating")).get("Expiring") == ("True", "CertificateExpiring")
+            ),
+            timeout=30,
+            what="Expiring when the warning window starts",
+        )
+        assert ready(k, "rotating") == ("True", "Valid")
+
+        set_fake_time(clock_file, start + timedelta(days=40, seconds=1))
+        expired = wait_ready(k, "rotating", ("False", "CertificateExpired"))
+        assert conditions(expired)["Stalled"] == ("True", "CertificateExpired")
+        reasons = [reason for _, reason in credential_events(k, "rotating")]
+        assert reasons.count("CertificateExpiring") == 1 and reasons.count("CertificateExpired") == 1
+    finally:
+        clocked.stop()

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from opsconductor import clock, kube
 from opsconductor.api import CREDENTIAL
 from opsconductor.api.credential import CredentialSpec
-from opsconductor.credentialcheck import check_credential, credential_status
+from opsconductor.credentialcheck import check_credential, credential_status, next_expiry_check
 
 if TYPE_CHECKING:
     from urllib3 import HTTPResponse
@@ -72,3 +72,20 @@ def validate(namespace: str, name: str) -> None:
             log.info("Credential %s/%s: %s (%s)", namespace, name, check.reason, check.message)
             return
     raise kopf.TemporaryError("the Credential kept changing while its status was being updated", delay=1)
+
+
+def watch_expiry(namespace: str, name: str, body: kopf.Body, stopped: kopf.DaemonStopped) -> None:
+    """Re-validate exactly when a certificate enters its warning window and when it expires.
+
+    Runs as a kopf daemon while the Credential holds a certificate; ``body`` is kept current by kopf.
+    Time comes from ``opsconductor.clock``, so tests move it with the file clock.
+    """
+    while not stopped:
+        due = next_expiry_check(dict(body))
+        # Nothing due (already expired): keep watching; a renewed certificate brings a new date.
+        wait = 3600.0 if due is None else clock.seconds_until(due)
+        if wait <= 0:
+            validate(namespace, name)
+            wait = 5.0  # the status now reflects the change; the next instant follows from it
+        # Wake at least hourly (every 0.5 s with the test clock) to follow spec and clock changes.
+        stopped.wait(min(wait, 0.5 if clock.is_fake() else 3600.0))

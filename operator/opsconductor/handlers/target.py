@@ -191,10 +191,12 @@ def probe_on_interval(
 ) -> None:
     """Run interval probes while ``spec.probe.intervalSeconds`` is set (a kopf daemon's body)."""
     while not stopped:
+        # None: the interval was just removed (kopf stops the daemon); never return on our own, as
+        # kopf does not restart a daemon that returned.
         wait = seconds_until_due(dict(body), clock.now())
         if wait is None:
-            return
-        if wait <= 0:
+            wait = 30.0
+        elif wait <= 0:
             reconcile(namespace, name, config)
             wait = 5.0  # the status now says when the next one is due
         # The body is kept current by kopf; wake up at least every 30 s (every 0.5 s with the test
