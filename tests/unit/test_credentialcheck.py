@@ -21,6 +21,7 @@ from opsconductor.credentialcheck import (
     check_credential,
     credential_problem,
     credential_status,
+    next_expiry_check,
 )
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -267,3 +268,23 @@ def test_missing_secret_is_not_a_fail_fast_problem_unless_asked() -> None:
     credential = manifest(update.patch["status"])
     assert credential_problem(credential) is None
     assert credential_problem(credential, include_missing=True) == ("SecretNotFound", check.message)
+
+
+def test_next_expiry_check_is_the_warning_start_then_not_after() -> None:
+    key = private_key("ed25519")
+    not_after = NOW + timedelta(days=40)
+    data = {"tls.crt": certificate(key, NOW - timedelta(days=1), not_after), "tls.key": pem(key)}
+    spec = cert_spec(30)
+    credential = {"metadata": {"name": "c", "generation": 1}, "spec": {"expiryWarningDays": 30}, "status": {}}
+
+    def validated(now: datetime) -> dict[str, Any]:
+        update = credential_status(credential, check_credential("c", spec, data, now), "1", now)
+        return {**credential, "status": {**credential["status"], **(update.patch or {}).get("status", {})}}
+
+    credential = validated(NOW)
+    assert next_expiry_check(credential) == not_after - timedelta(days=30)
+    credential = validated(NOW + timedelta(days=11))
+    assert next_expiry_check(credential) == not_after
+    credential = validated(not_after)
+    assert next_expiry_check(credential) is None
+    assert next_expiry_check({"metadata": {}, "status": {}}) is None

@@ -27,7 +27,6 @@ from opsconductor.probemodels import REASON_PROBE_FAILED, ProbeReport
 Manifest = dict[str, Any]
 REACHABLE = "Reachable"
 REASON_PROBING = "Probing"
-REASON_NOT_PROBED = "NotProbed"
 MAX_BACKOFF_FACTOR = 32
 """Interval probes of an unreachable Target wait at most this many intervals ..."""
 MAX_BACKOFF_SECONDS = 6 * 3600
