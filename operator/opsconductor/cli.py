@@ -23,6 +23,7 @@ from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
 from opsconductor.api.opsjob import step_types
 from opsconductor.constants import ANNOTATION_CREATED_BY, ANNOTATION_STARTED_BY, runner_pod_name
 from opsconductor.localrun import add_run_parser
+from opsconductor.probecli import ProbeCommandError, format_probe, probe_target
 from opsconductor.results import format_results
 
 _KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
@@ -221,6 +222,30 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    kind, _, name = args.ref.partition("/")
+    if kind.lower() not in ("target", "targets", "tgt") or not name:
+        print("usage: opsconductor probe target/NAME [-n NAMESPACE] [--wait]", file=sys.stderr)
+        return 2
+    kube.load_configuration()
+    namespace = args.namespace or kube.current_namespace()
+    try:
+        outcome = probe_target(namespace, name, wait=args.wait, timeout=args.timeout)
+    except ProbeCommandError as error:
+        print(error, file=sys.stderr)
+        return 1
+    if not args.wait:
+        print(f"target/{name}: probe requested ({outcome['request']})")
+        return 0
+    if args.output == "json":
+        print(json.dumps(outcome, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(outcome, sort_keys=False), end="")
+    else:
+        print(format_probe(outcome))
+    return 0 if outcome.get("reachable") else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
@@ -249,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the runner ends")
     logs.set_defaults(func=_cmd_logs)
+    probe = sub.add_parser("probe", help="test the connection to a Target now and show its facts")
+    probe.add_argument("ref", help="target/NAME")
+    probe.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    probe.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    probe.add_argument("--timeout", type=float, default=120, help="seconds to wait with --wait")
+    probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    probe.set_defaults(func=_cmd_probe)
     return parser
 
 

@@ -44,3 +44,13 @@ LABEL_SCHEDULE = f"{GROUP}/schedule"
 """On OpsJobs an OpsSchedule created: the schedule's name."""
 ANNOTATION_SCHEDULED_TIME = f"{GROUP}/scheduled-time"
 """On OpsJobs an OpsSchedule created: the fire (RFC 3339, UTC) the run belongs to."""
+
+# Target probes (docs/targets.md).
+ANNOTATION_PROBE = f"{GROUP}/probe"
+"""On Targets: any new value asks for a probe now (``opsconductor probe target/NAME`` sets it)."""
+LABEL_TARGET = f"{GROUP}/target"
+"""On probe pods: the Target's name."""
+LABEL_TARGET_UID = f"{GROUP}/target-uid"
+"""On probe pods: the Target's uid (a Target re-created under the same name is another Target)."""
+COMPONENT_PROBE = "probe"
+PROBE_CONTAINER = "probe"

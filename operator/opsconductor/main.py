@@ -103,3 +103,99 @@ async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) 
 def count_opsjob(body: kopf.Body, **_: Any) -> None:
     """Count finished runs for the metrics endpoint (outside the reconcile path)."""
     metrics.observe_opsjob(dict(body))
+
+
+# --- Target probes and Credential validation (docs/targets.md, docs/credentials.md) ----------------
+# Imported here, not at the top, so this section stays self-contained for merges.
+from opsconductor.api import CREDENTIAL, TARGET  # noqa: E402
+from opsconductor.constants import COMPONENT_PROBE, LABEL_TARGET  # noqa: E402
+from opsconductor.handlers import credential as credential_handlers  # noqa: E402
+from opsconductor.handlers import target as target_handlers  # noqa: E402
+
+CREDENTIAL_RECHECK_SECONDS = 24 * 3600
+"""How often every Credential is re-validated without a change (certificate expiry, Expiring)."""
+
+
+@kopf.on.event(GROUP, VERSION, TARGET.plural)
+def target_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Any change of a Target (spec, probe annotation, our own status): do what is due."""
+    if type != "DELETED":
+        target_handlers.reconcile(body["metadata"]["namespace"], body["metadata"]["name"], CONFIG)
+
+
+@kopf.on.event("v1", "pods", labels={LABEL_COMPONENT: COMPONENT_PROBE, LABEL_TARGET: kopf.PRESENT})
+def probe_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Turn a finished probe pod's report into its Target's status."""
+    if type != "DELETED":
+        meta = body["metadata"]
+        target_handlers.probe_pod_changed(meta["namespace"], meta["labels"][LABEL_TARGET], dict(body), CONFIG)
+
+
+def _probe_active(status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter: a probe is in flight."""
+    return bool(status.get("activeProbe")) if status else False
+
+
+@kopf.timer(GROUP, VERSION, TARGET.plural, interval=15, when=_probe_active)
+def resync_probe(body: kopf.Body, **_: Any) -> None:
+    """Safety net for missed probe pod events (a pod deleted while the operator was down)."""
+    target_handlers.reconcile(body["metadata"]["namespace"], body["metadata"]["name"], CONFIG)
+
+
+def _probes_on_interval(spec: kopf.Spec, **_: Any) -> bool:
+    """``when=`` filter: ``spec.probe.intervalSeconds`` is set."""
+    return bool((spec.get("probe") or {}).get("intervalSeconds"))
+
+
+@kopf.daemon(
+    GROUP, VERSION, TARGET.plural, id="probe-interval", when=_probes_on_interval, cancellation_timeout=2
+)
+def probe_interval(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Probe every ``spec.probe.intervalSeconds``, backing off while the Target is unreachable."""
+    meta = body["metadata"]
+    target_handlers.probe_on_interval(meta["namespace"], meta["name"], body, stopped, CONFIG)
+
+
+@kopf.index(GROUP, VERSION, CREDENTIAL.plural)
+def credentials_by_secret(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, str]:
+    """(namespace, Secret name) → the Credentials that reference it."""
+    return {(namespace, (spec.get("secretRef") or {}).get("name")): name}
+
+
+@kopf.on.event(GROUP, VERSION, CREDENTIAL.plural)
+def credential_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Validate a Credential against its Secret (created, changed, or found at start-up)."""
+    if type != "DELETED":
+        credential_handlers.validate(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _referenced_secret(namespace: str | None, name: str, **kwargs: Any) -> bool:
+    """``when=`` filter: some Credential references this Secret (others are never looked at)."""
+    index: kopf.Index[Any, str] = kwargs["credentials_by_secret"]  # kopf passes indices as kwargs
+    return (namespace, name) in index
+
+
+@kopf.on.event("v1", "secrets", when=_referenced_secret)
+def secret_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Re-validate the Credentials of a referenced Secret that was created, changed or deleted."""
+    index: kopf.Index[Any, str] = kwargs["credentials_by_secret"]
+    for credential in set(index.get((namespace, name), [])):
+        credential_handlers.validate(str(namespace), credential)
+
+
+@kopf.timer(GROUP, VERSION, CREDENTIAL.plural, interval=CREDENTIAL_RECHECK_SECONDS, initial_delay=60)
+def recheck_credential(body: kopf.Body, **_: Any) -> None:
+    """Daily re-validation: certificates expire without anything changing."""
+    credential_handlers.validate(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _holds_certificate(status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter: the Credential's status shows a certificate (it can expire)."""
+    return bool(status.get("certificate")) if status else False
+
+
+@kopf.daemon(GROUP, VERSION, CREDENTIAL.plural, id="expiry", when=_holds_certificate, cancellation_timeout=2)
+def watch_credential_expiry(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Flip Expiring and Ready on time, not up to a day late."""
+    meta = body["metadata"]
+    credential_handlers.watch_expiry(meta["namespace"], meta["name"], body, stopped)

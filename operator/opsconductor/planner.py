@@ -480,3 +480,31 @@ def build_run_plan(
         workspace=workspace,
     )
     return PlannedRun(plan, secrets, config_map_names, secrets_root, config_maps_root)
+
+
+def plan_probe_target(
+    target: TargetObject | Mapping[str, Any],
+    credentials: Mapping[str, CredentialSpec | Mapping[str, Any]],
+    secret_keys: Mapping[str, Collection[str]],
+    *,
+    secrets_root: str = SECRETS_ROOT,
+) -> tuple[PlanTarget, tuple[str, ...]]:
+    """Resolve one Target (and its Credential) for a probe pod, exactly as a run would.
+
+    Returns:
+        The resolved target and the Secrets its pod must mount.
+
+    Raises:
+        PlanError: a missing Credential, Secret or key (reasons as for :func:`build_run_plan`).
+    """
+    target_object = _as_target(target)
+    credential_specs = {name: _as_credential(item) for name, item in credentials.items()}
+    probe_job = JobObject(
+        namespace="",
+        name=f"probe-{target_object.name}",
+        uid="",
+        spec=OpsJobSpec.model_validate({"steps": [{"name": "probe", "type": "wait", "seconds": 1}]}),
+    )
+    planner = _Planner(probe_job, {}, credential_specs, secret_keys, None, secrets_root)
+    key = planner.plan_target(target_object, None)
+    return planner.plan_targets[key], tuple(sorted(planner.used_secrets))

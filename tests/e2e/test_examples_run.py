@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from opsconductor.localcluster.examplehosts import EXAMPLES, ExampleHosts
 from tests.e2e.conftest import wait_phase
-from tests.kube import Kubectl
+from tests.kube import Kubectl, wait_until
 from tests.winrm.examples import start_windows_hosts
 from tests.winrm.fixtures import WinrmTls
 from tests.winrm.server import WinrmServer
@@ -102,3 +103,25 @@ def test_example_job_succeeds(
         assert phases[("linux-os", "win02")] == phases[("windows-os", "web02")] == "Skipped"
         assert "Linux" in outputs[("linux-os", "web02")]
         assert "WinRM test server" in outputs[("windows-os", "win02")]
+
+
+def test_example_targets_are_probed_and_credentials_validated(
+    k: Kubectl, example_hosts: ExampleHosts
+) -> None:
+    """web01 declares ``probe:`` (its facts fill in); the linux-admin Credential validates its key."""
+    k.apply(example_hosts.manifests())
+
+    def probed() -> dict[str, Any] | None:
+        status = k.get("target", "web01").get("status") or {}
+        return status if status.get("lastProbe") and not status.get("activeProbe") else None
+
+    status = wait_until(probed, timeout=90, what="the probe of web01")
+    assert status["lastProbe"]["reachable"] is True, json.dumps(status, indent=1)
+    assert status["facts"]["osName"] == "Linux"
+    assert "lastProbe" not in (k.get("target", "web02").get("status") or {})  # no probe: settings
+    credential = wait_until(
+        lambda: (c := k.get("credential", "linux-admin")).get("status", {}).get("publicKeyFingerprint") and c,
+        what="the linux-admin Credential to be validated",
+    )
+    ready = next(c for c in credential["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Valid")

@@ -533,6 +533,23 @@ def test_collect_facts(ntlm_server: WinrmServer, tmp_path: Path) -> None:
     assert CANARY not in str(failure.value)
 
 
+def test_probe_of_a_winrm_target_reports_facts_or_a_clear_reason(
+    ntlm_server: WinrmServer, tmp_path: Path
+) -> None:
+    from opsconductor.probemodels import ProbeRequest
+    from opsconductor.runner.probe import probe
+
+    report = probe(ProbeRequest(target=target_for(ntlm_server, credential(tmp_path))), FileSecretStore())
+    assert report.reachable, report.message
+    assert report.facts["hostname"] == ntlm_server.host.hostname and report.facts["domain"]
+    assert report.latency_milliseconds is not None
+    refused = probe(
+        ProbeRequest(target=target_for(ntlm_server, credential(tmp_path, password=CANARY))), FileSecretStore()
+    )
+    assert not refused.reachable and "rejected the credentials" in refused.message
+    assert CANARY not in refused.message
+
+
 # --- opsconductor run ---------------------------------------------------------------------------------------
 def test_opsconductor_run_a_windows_job_from_manifest_files(ntlm_server: WinrmServer, tmp_path: Path) -> None:
     import io

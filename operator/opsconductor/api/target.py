@@ -205,6 +205,17 @@ class ProbeResult(ApiModel):
     """Error text a person can act on, when not reachable."""
 
 
+class ActiveProbe(ApiModel):
+    """A probe pod started and not yet reported."""
+
+    pod: Annotated[str, Field(max_length=253)]
+    """Name of the probe pod."""
+    started: datetime
+    """When the operator created it."""
+    trigger: Literal["created", "annotation", "interval"]
+    """What asked for this probe."""
+
+
 class TargetStatus(CommonStatus):
     """The observed state of a Target."""
 
@@ -214,3 +225,9 @@ class TargetStatus(CommonStatus):
     """The last connection test."""
     consecutive_probe_failures: Annotated[int, Field(ge=0)] = 0
     """Failed probes in a row; drives the probe backoff."""
+    active_probe: ActiveProbe | None = None
+    """The probe in flight, if any (at most one per Target)."""
+    next_probe_time: datetime | None = None
+    """When the next interval probe is due (``spec.probe.intervalSeconds``, backed off after failures)."""
+    handled_probe_request: Annotated[str, Field(max_length=256)] | None = None
+    """The last value of the ``opsconductor.io/probe`` annotation acted on."""

@@ -11,6 +11,8 @@ from typing import Any
 
 from opsconductor import kube
 from opsconductor.api import CREDENTIAL, TARGET
+from opsconductor.conditions import REASON_INVALID_CREDENTIAL
+from opsconductor.credentialcheck import credential_problem
 from opsconductor.planner import (
     REASON_CONFIG_MAP_NOT_FOUND,
     REASON_CREDENTIAL_NOT_FOUND,
@@ -68,7 +70,8 @@ def plan_job(job: Manifest) -> PlannedRun:
 
     Raises:
         MissingReference: a Target, Credential, Secret or ConfigMap is missing (may appear later).
-        PlanError: the job cannot run as specified (invalid arguments, template errors, ...).
+        PlanError: the job cannot run as specified (invalid arguments, template errors, a
+            Credential the operator found invalid: reason InvalidCredential, ...).
     """
     namespace = job["metadata"]["namespace"]
     targets = kube.list_custom(TARGET.plural, namespace)
@@ -89,11 +92,21 @@ def plan_job(job: Manifest) -> PlannedRun:
         if data is not None:
             config_maps[name] = data
     try:
-        return build_run_plan(job, targets, credentials, secret_keys, config_maps)
+        planned = build_run_plan(job, targets, credentials, secret_keys, config_maps)
     except PlanError as error:
         if error.reason in MISSING_REASONS:
             raise MissingReference(error.reason, error.message) from error
         raise
+    # Fail fast on a Credential the operator found invalid (a bad key, an expired certificate):
+    # missing Secrets and keys were handled above (they may still appear), this needs a person.
+    used = sorted({t.credential.name for t in planned.plan.targets.values() if t.credential is not None})
+    for name in used:
+        problem = credential_problem(credentials[name])
+        if problem is not None:
+            raise PlanError(
+                REASON_INVALID_CREDENTIAL, f"Credential {name} is not valid ({problem[0]}): {problem[1]}"
+            )
+    return planned
 
 
 __all__ = ["MissingReference", "PlanError", "plan_job"]

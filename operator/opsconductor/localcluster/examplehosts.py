@@ -169,7 +169,6 @@ class ExampleHosts:
             target = copy.deepcopy(target)
             target["spec"].update(address=server.address, port=server.port)
             target["spec"]["ssh"] = {"hostKeys": server.host_key_lines}
-            target["spec"].pop("probe", None)
             documents.append(target)
         for target in _load(EXAMPLES / "targets" / "http-api.yaml"):
             target = copy.deepcopy(target)

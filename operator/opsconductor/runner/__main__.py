@@ -23,6 +23,12 @@ CANCEL = threading.Event()
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda signum, frame: CANCEL.set())
     signal.signal(signal.SIGINT, lambda signum, frame: CANCEL.set())
+    import sys
+
+    if sys.argv[1:] == ["probe"]:  # probe pods: same image, one argument; skip the engine's imports
+        from opsconductor.runner.probe import main as probe_main
+
+        sys.exit(probe_main())
 
 import logging  # noqa: E402
 import os  # noqa: E402
