@@ -84,3 +84,55 @@ def test_argocd_reads_a_new_generation_as_progressing_and_a_suspended_schedule_a
     assert kstatus([job])[0][0] == "InProgress"
     schedule = {"kind": "OpsSchedule", "metadata": {"name": "s", "generation": 1}, "spec": {"suspend": True}}
     assert argocd_health(schedule) == ("Suspended", "suspended: the schedule creates no runs")
+
+
+def test_kstatus_and_argocd_agree_on_credentials_and_targets(k: Kubectl) -> None:
+    k.apply(
+        """apiVersion: v1
+kind: Secret
+metadata: {name: good}
+stringData: {username: ops, password: not-a-real-one}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bad}
+stringData: {username: ops}
+---
+apiVersion: opsconductor.io/v1alpha1
+kind: Credential
+metadata: {name: good}
+spec: {type: BasicAuth, secretRef: {name: good}}
+---
+apiVersion: opsconductor.io/v1alpha1
+kind: Credential
+metadata: {name: bad}
+spec: {type: BasicAuth, secretRef: {name: bad}}
+---
+apiVersion: opsconductor.io/v1alpha1
+kind: Target
+metadata: {name: down}
+spec: {address: 127.0.0.1, port: 9, protocol: http, http: {scheme: http}, probe: {}}
+"""
+    )
+
+    def with_status(kind: str, name: str, condition: str) -> dict[str, Any] | None:
+        obj = k.get(kind, name)
+        types = {c["type"] for c in (obj.get("status") or {}).get("conditions", [])}
+        return obj if condition in types else None
+
+    good = wait_until(lambda: with_status("credential", "good", "Ready"), what="credential good validated")
+    bad = wait_until(lambda: with_status("credential", "bad", "Ready"), what="credential bad validated")
+    down = wait_until(
+        lambda: with_status("target", "down", "Reachable"), timeout=90, what="target down probed"
+    )
+    objects = {"valid credential": good, "invalid credential": bad, "unreachable target": down}
+    expected = {
+        "valid credential": ("Current", "Healthy"),
+        "invalid credential": ("Failed", "Degraded"),
+        "unreachable target": ("InProgress", "Progressing"),
+    }
+    computed = dict(zip(objects, kstatus(list(objects.values())), strict=True))
+    for name, obj in objects.items():
+        argo_status, argo_message = argocd_health(obj)
+        assert (computed[name][0], argo_status) == expected[name], (name, computed[name], argo_message)
+    assert "password" in argocd_health(bad)[1]  # says which key is missing

@@ -62,6 +62,8 @@ if obj.kind == "OpsJob" then
   return hs
 end
 
+-- Targets, Credentials, OpsSchedules: as kstatus reads them. Ready False without Stalled (a Target
+-- unreachable right now, probed again with backoff) is still in progress, not failed.
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"
   hs.message = text(stalled.message, stalled.reason)
@@ -70,8 +72,7 @@ elseif reconciling ~= nil and reconciling.status == "True" then
 elseif ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = text(ready.message, ready.reason)
-elseif ready ~= nil and ready.status == "False" then
-  hs.status = "Degraded"
+elseif ready ~= nil then
   hs.message = text(ready.message, ready.reason)
 end
 return hs
