@@ -34,10 +34,12 @@ binaries:
 crds: $(STAMP)
 	$(PY) -m opsconductor.crdgen
 	$(PY) -m opsconductor.chartgen
+	$(PY) -m opsconductor.docgen
 
 check-crds: $(STAMP)
 	$(PY) -m opsconductor.crdgen --check
 	$(PY) -m opsconductor.chartgen --check
+	$(PY) -m opsconductor.docgen --check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests bench hack

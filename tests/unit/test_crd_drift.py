@@ -1,6 +1,6 @@
 """The CRDs on disk are exactly what the pydantic models generate."""
 
-from opsconductor import crdgen
+from opsconductor import crdgen, docgen
 
 
 def test_crds_on_disk_match_the_models() -> None:
@@ -15,3 +15,8 @@ def test_chart_carries_the_same_crds() -> None:
         by_name.setdefault(path.name, set()).add(text)
     assert len(by_name) == 4
     assert all(len(texts) == 1 for texts in by_name.values())
+
+
+def test_reference_docs_match_the_models() -> None:
+    diffs = crdgen.drift(docgen.expected_files())
+    assert not diffs, "docs/reference is stale; run `make crds`:\n" + "\n".join(diffs)[:5000]
