@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use. Idempotent and quick when all are present.
 set -euo pipefail
-PACKAGES=(util-linux openssh-server openssh-client procps sudo lua5.1)
+PACKAGES=(util-linux openssh-server openssh-client procps sudo lua5.1 buildah debootstrap)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
