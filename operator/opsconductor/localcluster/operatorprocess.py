@@ -38,6 +38,8 @@ class OperatorProcess:
     plane: ControlPlane
     name: str = "operator"
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ("--standalone",)
+    """Operator arguments: ``--standalone``, or ``--peering NAME`` for several replicas."""
     health_port: int = 0
     _popen: subprocess.Popen[bytes] | None = None
 
@@ -63,9 +65,7 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        self._popen = popen = spawn_logged(
-            [sys.executable, "-m", "opsconductor", "--standalone"], self.log, env
-        )
+        self._popen = popen = spawn_logged([sys.executable, "-m", "opsconductor", *self.args], self.log, env)
 
         def healthy() -> bool:
             if popen.poll() is not None:
