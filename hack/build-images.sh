@@ -46,7 +46,8 @@ for image in runner operator; do
   # Trust what this host trusts for the package download (a TLS-inspecting proxy's CA, say).
   ca=${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
   [ -s "$ca" ] && secret=(--secret "id=ca,src=$ca")
-  "${BUILDAH[@]}" bud --isolation chroot --layers=false -q --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" \
+  "${BUILDAH[@]}" bud --isolation chroot --layers=false -q --pull-never \
+    --build-arg "BASE_IMAGE=$BASE" --build-arg "RUNNER_IMAGE=ghcr.io/opsconductor/runner:$VERSION" "${secret[@]}" \
     -f "$file" -t "ghcr.io/opsconductor/$image:$VERSION" "$ROOT" >&2
 done
 echo "ghcr.io/opsconductor/runner:$VERSION"

@@ -22,9 +22,15 @@ POLICY_NAME = "opsconductor-created-by"
 
 def created_by_policy() -> list[dict[str, Any]]:
     """Build the MutatingAdmissionPolicy and its binding."""
+    # JSONPatch, not ApplyConfiguration: an apply configuration converts the object to its typed
+    # schema first, so a manifest with a wrongly typed field would be refused by this policy with
+    # a conversion error instead of the schema's own clear message.
+    key = ANNOTATION_CREATED_BY.replace("~", "~0").replace("/", "~1")
     expression = (
-        "Object{metadata: Object.metadata{annotations: "
-        f'{{"{ANNOTATION_CREATED_BY}": request.userInfo.username}}}}}}'
+        "has(object.metadata.annotations) ? "
+        f'[JSONPatch{{op: "add", path: "/metadata/annotations/{key}", value: request.userInfo.username}}] : '
+        f'[JSONPatch{{op: "add", path: "/metadata/annotations", '
+        f'value: {{"{ANNOTATION_CREATED_BY}": request.userInfo.username}}}}]'
     )
     return [
         {
@@ -44,9 +50,7 @@ def created_by_policy() -> list[dict[str, Any]]:
                 },
                 "failurePolicy": "Fail",
                 "reinvocationPolicy": "Never",
-                "mutations": [
-                    {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": expression}}
-                ],
+                "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": expression}}],
             },
         },
         {

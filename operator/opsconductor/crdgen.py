@@ -394,23 +394,30 @@ def drift(files: dict[Path, str] | None = None) -> list[str]:
     return diffs
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the CRDs, or with ``--check`` report drift and exit 1."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_or_check(files: dict[Path, str], argv: list[str] | None, what: str) -> int:
+    """Write generated ``files``; with ``--check`` in ``argv`` report drift instead and return 1 on any.
+
+    The entry point of every generator (CRDs, chart files, reference docs).
+    """
+    parser = argparse.ArgumentParser(description=f"write {what}, or check them")
     parser.add_argument("--check", action="store_true", help="fail if the files on disk are stale")
     args = parser.parse_args(argv)
     if args.check:
-        diffs = drift()
-        for diff in diffs:
-            sys.stdout.write(diff)
+        diffs = drift(files)
+        sys.stdout.write("".join(diffs))
         if diffs:
-            print("CRDs are stale: run `make crds`", file=sys.stderr)
+            print(f"{what} are stale: run `make crds`", file=sys.stderr)
         return 1 if diffs else 0
-    for path, text in expected_files().items():
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(REPO_ROOT)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the CRDs, or with ``--check`` report drift and exit 1."""
+    return write_or_check(expected_files(), argv, "CRDs")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from opsconductor.api import KINDS, Kind
-from opsconductor.crdgen import REPO_ROOT, build_schema, drift
+from opsconductor.crdgen import REPO_ROOT, build_schema, write_or_check
 
 REFERENCE_DIR = REPO_ROOT / "docs" / "reference"
 Schema = dict[str, Any]
@@ -123,21 +123,8 @@ def expected_files() -> dict[Any, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the pages, or with ``--check`` report drift and exit 1."""
-    if argv is None:
-        argv = sys.argv[1:]
-    files = expected_files()
-    if "--check" in argv:
-        diffs = drift(files)
-        sys.stdout.write("".join(diffs))
-        if diffs:
-            print("reference docs are stale: run `make crds`", file=sys.stderr)
-        return 1 if diffs else 0
-    REFERENCE_DIR.mkdir(parents=True, exist_ok=True)
-    for path, text in files.items():
-        path.write_text(text)
-        print(f"wrote {path.relative_to(REPO_ROOT)}")
-    return 0
+    """Write the files, or with ``--check`` report drift and exit 1."""
+    return write_or_check(expected_files(), argv, "reference docs")
 
 
 if __name__ == "__main__":

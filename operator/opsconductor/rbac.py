@@ -12,7 +12,9 @@ from typing import Any
 
 from opsconductor.api import GROUP, KINDS
 
-OPERATOR_CLUSTER_ROLE = "opsconductor-operator"
+OPERATOR_CLUSTER_ROLE = "opsconductor-controller"
+"""The operator's own ClusterRole outside Helm (the chart names it after the release); not the
+``opsconductor-operator`` user role, which is for people."""
 
 _PLURALS = [kind.plural for kind in KINDS]
 

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from opsconductor.localcluster.examplehosts import ExampleHosts
 from opsconductor.localcluster.operatorprocess import OperatorProcess
 from tests.kube import Kubectl, wait_until
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+
+@pytest.fixture(scope="module")
+def example_hosts() -> Iterator[ExampleHosts]:
+    """Local stand-ins for the example Targets' hosts (real sshd per Linux Target, an HTTP server)."""
+    hosts = ExampleHosts()
+    hosts.start()
+    try:
+        yield hosts
+    finally:
+        hosts.stop()
 
 
 @pytest.fixture

@@ -21,16 +21,6 @@ EXAMPLE_JOBS = sorted((EXAMPLES / "opsjobs").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def example_hosts() -> Iterator[ExampleHosts]:
-    hosts = ExampleHosts()
-    hosts.start()
-    try:
-        yield hosts
-    finally:
-        hosts.stop()
-
-
-@pytest.fixture(scope="module")
 def windows_hosts(example_hosts: ExampleHosts, winrm_tls: WinrmTls) -> Iterator[dict[str, WinrmServer]]:
     """WinRM test servers for the Windows example Targets (registered in ``example_hosts``)."""
     servers = start_windows_hosts(example_hosts, winrm_tls)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from opsconductor.localcluster.cluster import KubeletProcess
 from opsconductor.localcluster.controlplane import free_port
@@ -27,16 +25,6 @@ RELEASE = "ops"
 NAMESPACED_KINDS = (
     "deployments,replicasets,serviceaccounts,services,configmaps,rolebindings,poddisruptionbudgets"
 )
-
-
-@pytest.fixture
-def example_hosts() -> Iterator[ExampleHosts]:
-    hosts = ExampleHosts()
-    hosts.start()
-    try:
-        yield hosts
-    finally:
-        hosts.stop()
 
 
 def _metric(text: str, name: str, **labels: str) -> float | None:

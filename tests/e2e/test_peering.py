@@ -58,7 +58,7 @@ def test_the_oldest_replica_works_and_the_other_takes_over(
         # Both replicas announce themselves in the peering object (kopf starts a peered operator
         # paused until it has seen the peers; the younger one then stays paused).
         wait_until(
-            lambda: len((k.get("kopfpeering", "opsconductor").get("status") or {})) == 2,
+            lambda: len(k.get("kopfpeering", "opsconductor").get("status") or {}) == 2,
             timeout=60,
             what="both replicas in the peering object",
         )

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from opsconductor.api import API_VERSION, TARGET
-from opsconductor.builders.runner import RUNNER_UID
+from opsconductor.builders.runner import RESTRICTED_CONTAINER_SECURITY, RUNNER_UID
 from opsconductor.config import Config
 from opsconductor.constants import (
     COMPONENT_PROBE,
@@ -127,13 +127,7 @@ def build_probe_pod(
                     "volumeMounts": mounts,
                     "terminationMessagePath": TERMINATION_LOG,
                     "terminationMessagePolicy": "FallbackToLogsOnError",
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "readOnlyRootFilesystem": True,
-                        "runAsNonRoot": True,
-                        "capabilities": {"drop": ["ALL"]},
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": RESTRICTED_CONTAINER_SECURITY,
                 }
             ],
             "volumes": volumes,

@@ -49,6 +49,16 @@ DEADLINE_GRACE_SECONDS = 30
 TERMINATION_GRACE_SECONDS = 30
 
 
+RESTRICTED_CONTAINER_SECURITY: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Container security context of every pod the operator creates (Pod Security Standards: restricted)."""
+
+
 def _owner_reference(job: Manifest) -> Manifest:
     return {
         "apiVersion": API_VERSION,
@@ -226,13 +236,7 @@ def build_runner_pod(
                 "volumeMounts": mounts,
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": {
-                    "allowPrivilegeEscalation": False,
-                    "readOnlyRootFilesystem": True,
-                    "runAsNonRoot": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
             }
         ],
         "volumes": volumes,
