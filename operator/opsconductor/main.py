@@ -14,10 +14,10 @@ from typing import Any
 import kopf
 
 from opsconductor import kube
-from opsconductor.api import GROUP, OPSJOB, VERSION
+from opsconductor.api import CREDENTIAL, GROUP, NOTIFICATIONPOLICY, OPSJOB, VERSION
 from opsconductor.config import Config
 from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
-from opsconductor.handlers import opsjob
+from opsconductor.handlers import notify, opsjob
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
 CONFIG = Config.from_env()
@@ -90,3 +90,49 @@ async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) 
     if delay > 0 and await stopped.wait(delay):
         return
     await asyncio.to_thread(opsjob.delete_expired, dict(body))
+
+
+# --- notifications (issue 6): see handlers/notify.py and docs/notifications.md ----------------
+NOTIFIER = notify.Notifier(notify.NotifySettings.from_env())
+
+
+@kopf.on.startup()
+async def start_notifier(**_: Any) -> None:
+    """Start the notifier's evaluators on kopf's loop."""
+    await NOTIFIER.start()
+
+
+@kopf.on.cleanup()
+async def stop_notifier(**_: Any) -> None:
+    """Stop deliveries; unsent records stay Pending in status for the next start."""
+    await NOTIFIER.stop()
+
+
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="notify")
+async def notify_opsjob(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every OpsJob event: queue notification work when the run reached a new event (never blocks)."""
+    if type != "DELETED":
+        NOTIFIER.job_event(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, NOTIFICATIONPOLICY.plural, id="notify-policy")
+def notify_policy(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Track namespaces with NotificationPolicies and keep each policy's status current."""
+    meta = body["metadata"]
+    NOTIFIER.policy_event(meta["namespace"], meta["name"], deleted=type == "DELETED")
+    patch = None if type == "DELETED" else notify.policy_status_patch(dict(body))
+    if patch is not None:
+        kube.patch_status(NOTIFICATIONPOLICY.plural, meta["namespace"], meta["name"], patch, None)
+
+
+@kopf.on.event(
+    GROUP,
+    VERSION,
+    CREDENTIAL.plural,
+    id="notify-test",
+    annotations={notify.ANNOTATION_NOTIFY_TEST: kopf.PRESENT},
+)
+async def notify_test(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """``opsconductor notify test``: a channel Credential asked for a test notification."""
+    if type != "DELETED":
+        NOTIFIER.credential_event(dict(body))

@@ -1,0 +1,705 @@
+"""The notifier: turns OpsJob outcomes into deliveries and delivers them, off the OpsJob path.
+
+Flow: kopf hands every OpsJob event to :meth:`Notifier.job_event`, which only looks at the body and
+queues work (it never blocks the object's kopf worker). Evaluator tasks decide the deliveries of a
+newly reached event (``notify.rules``) and record them in ``status.notifications`` in one
+resourceVersion-guarded patch, together with the event marked as evaluated. One asyncio task per
+Pending/Held record delivers it: waits out quiet hours or backoff on ``opsconductor.clock``, sends,
+and records the result (Sent / retry / Failed).
+
+What must stay true:
+- The record in the OpsJob's status is the ledger: a record that says Sent is never sent again, so a
+  restarted operator (which sees every OpsJob again at startup) re-sends nothing it had recorded.
+  Delivery is at-least-once: a crash between a channel accepting a message and the record being
+  written re-sends it, with the same ``deliveryId`` so receivers can drop the duplicate.
+- A failing channel only delays its own records; runs, other records and other channels go on.
+- A scheduled run is counted into its OpsSchedule's ``consecutiveFailures`` exactly once
+  (``status.lastCountedRun``), before its outcome's rules are evaluated (escalation, recovery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from opsconductor import clock, kube
+from opsconductor import conditions as c
+from opsconductor.api import CREDENTIAL, GROUP, NOTIFICATIONPOLICY, OPSJOB, OPSSCHEDULE, VERSION
+from opsconductor.api.notification import (
+    MAX_RECORDS,
+    NotificationPolicySpec,
+    NotificationRecord,
+    NotificationStatus,
+    NotifyRule,
+    Recipient,
+    ScheduleStreak,
+)
+from opsconductor.constants import LABEL_SCHEDULE
+from opsconductor.notify import metrics
+from opsconductor.notify.channels import (
+    Channel,
+    DeliveryError,
+    channel_type,
+    load_channel,
+    post_json,
+    send_email,
+)
+from opsconductor.notify.render import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Rendered,
+    build_context,
+    email_message,
+    render_message,
+    sign,
+    slack_payload,
+    teams_payload,
+    webhook_body,
+    webhook_payload,
+)
+from opsconductor.notify.rules import (
+    TERMINAL,
+    RuleSource,
+    count_run,
+    due_events,
+    merge_records,
+    parse_time,
+    plan_deliveries,
+    run_facts,
+)
+
+Manifest = dict[str, Any]
+log = logging.getLogger(__name__)
+
+ANNOTATION_NOTIFY_TEST = f"{GROUP}/notify-test"
+"""On a channel Credential: set to a new value (a nonce) to send a test notification."""
+ANNOTATION_NOTIFY_TEST_TO = f"{GROUP}/notify-test-to"
+"""On an SMTP Credential: comma-separated addresses for the test notification."""
+ANNOTATION_NOTIFY_TEST_RESULT = f"{GROUP}/notify-test-result"
+"""Written by the operator: ``<nonce> Sent`` or ``<nonce> Failed: <why>``."""
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Delivery settings, from ``OPSCONDUCTOR_NOTIFY_*`` environment variables.
+
+    Attributes:
+        max_attempts: attempts per delivery before it is recorded Failed (``..._MAX_ATTEMPTS``).
+        backoff_seconds: first retry delay; doubles per attempt (``..._BACKOFF_SECONDS``).
+        max_backoff_seconds: retry delay cap (``..._MAX_BACKOFF_SECONDS``).
+        max_age_seconds: outcomes of runs that finished longer ago than this are not notified (an
+            operator started after a long outage does not page about yesterday) (``..._MAX_AGE_SECONDS``).
+        evaluators: concurrent evaluations (``..._EVALUATORS``).
+    """
+
+    max_attempts: int = 6
+    backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 300.0
+    max_age_seconds: float = 3600.0
+    evaluators: int = 4
+
+    @classmethod
+    def from_env(cls) -> NotifySettings:
+        """Read the settings from the environment."""
+        env = os.environ
+        return cls(
+            max_attempts=int(env.get("OPSCONDUCTOR_NOTIFY_MAX_ATTEMPTS", "6")),
+            backoff_seconds=float(env.get("OPSCONDUCTOR_NOTIFY_BACKOFF_SECONDS", "2")),
+            max_backoff_seconds=float(env.get("OPSCONDUCTOR_NOTIFY_MAX_BACKOFF_SECONDS", "300")),
+            max_age_seconds=float(env.get("OPSCONDUCTOR_NOTIFY_MAX_AGE_SECONDS", "3600")),
+            evaluators=int(env.get("OPSCONDUCTOR_NOTIFY_EVALUATORS", "4")),
+        )
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before attempt ``attempts + 1``."""
+        return float(min(self.max_backoff_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+
+
+async def sleep_until(deadline: datetime) -> None:
+    """Sleep until ``clock.now()`` reaches ``deadline`` (polls when the clock is fake, to see jumps)."""
+    while (remaining := clock.seconds_until(deadline)) > 0:
+        await asyncio.sleep(min(remaining, 0.5) if clock.is_fake() else remaining)
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def post_event(obj: Manifest, event_type: str, reason: str, message: str) -> None:
+    """Post a core/v1 Event about ``obj`` (failures to post are logged, never raised)."""
+    meta = obj["metadata"]
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    body = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+            "kind": obj.get("kind", OPSJOB.kind),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": event_type,
+        "source": {"component": "opsconductor"},
+        "reportingComponent": "opsconductor",
+        "reportingInstance": "opsconductor",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    try:
+        # A plain dict body: the client serialises dicts as they are (annotated for CoreV1Event).
+        kube.core().create_namespaced_event(meta["namespace"], body, _preload_content=False)  # type: ignore[arg-type]
+    except ApiException as error:
+        log.warning("could not post Event %s on %s: %s", reason, meta["name"], error.reason)
+
+
+def _notifications(job: Manifest) -> NotificationStatus:
+    raw = (job.get("status") or {}).get("notifications") or {}
+    try:
+        return NotificationStatus.model_validate(raw)
+    except ValidationError:
+        return NotificationStatus()
+
+
+def _patch_notifications(job: Manifest, state: NotificationStatus) -> bool:
+    meta = job["metadata"]
+    return kube.patch_status(
+        OPSJOB.plural,
+        meta["namespace"],
+        meta["name"],
+        {"status": {"notifications": _dump(state)}},
+        meta["resourceVersion"],
+    )
+
+
+def _parse_rules(raw: Any) -> tuple[NotifyRule, ...]:
+    rules = []
+    for item in raw or []:
+        try:
+            rules.append(NotifyRule.model_validate(item))
+        except ValidationError:
+            continue  # admission validated it; an older stored shape is skipped, not fatal
+    return tuple(rules)
+
+
+def _policies(namespace: str) -> list[tuple[str, NotificationPolicySpec]]:
+    policies = []
+    for item in sorted(
+        kube.list_custom(NOTIFICATIONPOLICY.plural, namespace), key=lambda p: p["metadata"]["name"]
+    ):
+        try:
+            policies.append(
+                (item["metadata"]["name"], NotificationPolicySpec.model_validate(item.get("spec") or {}))
+            )
+        except ValidationError:
+            continue
+    return policies
+
+
+def count_scheduled_run(job: Manifest) -> ScheduleStreak | None:
+    """Count a finished scheduled run into its OpsSchedule, once; return the streak it sees."""
+    meta = job["metadata"]
+    schedule_name = (meta.get("labels") or {}).get(LABEL_SCHEDULE)
+    if not schedule_name:
+        return None
+    for _ in range(5):
+        schedule = kube.get_custom(OPSSCHEDULE.plural, meta["namespace"], schedule_name)
+        if schedule is None:
+            return None
+        patch, streak = count_run(schedule.get("status") or {}, job)
+        if patch is None:
+            return streak
+        if kube.patch_status(
+            OPSSCHEDULE.plural,
+            meta["namespace"],
+            schedule_name,
+            {"status": patch},
+            schedule["metadata"]["resourceVersion"],
+        ):
+            return streak
+    raise RuntimeError(f"OpsSchedule {schedule_name} kept changing while counting run {meta['name']}")
+
+
+class Notifier:
+    """Evaluates OpsJob events and delivers notifications on the operator's event loop."""
+
+    def __init__(self, settings: NotifySettings) -> None:
+        self.settings = settings
+        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._queued: set[tuple[str, str]] = set()
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        self._policy_namespaces: set[str] = set()
+        self._nothing_to_do: set[tuple[str, tuple[str, ...]]] = set()
+        """(uid, events) found to have no rules: later events of the same phase skip evaluation."""
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the evaluator tasks (on the running loop)."""
+        self._client = httpx.AsyncClient()
+        policies = await asyncio.to_thread(
+            kube.custom().list_cluster_custom_object, GROUP, VERSION, NOTIFICATIONPOLICY.plural
+        )
+        items: list[Manifest] = policies.get("items", []) if isinstance(policies, dict) else []
+        self._policy_namespaces |= {p["metadata"]["namespace"] for p in items}
+        self._tasks = [asyncio.create_task(self._evaluator()) for _ in range(self.settings.evaluators)]
+
+    async def stop(self) -> None:
+        """Cancel evaluators and deliveries (unsent records stay Pending for the next start)."""
+        tasks = self._tasks + list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    def policy_event(self, namespace: str, name: str, deleted: bool) -> None:
+        """Track which namespaces have NotificationPolicies (a cheap filter for job events)."""
+        if not deleted:
+            self._policy_namespaces.add(namespace)
+
+    # --- job events (called by kopf for every OpsJob event; must stay cheap) ---------------
+    def job_event(self, job: Manifest) -> None:
+        """Queue an evaluation when the job reached a new event; start tasks for open records."""
+        meta, status = job["metadata"], job.get("status") or {}
+        key = (meta["namespace"], meta["name"])
+        state = status.get("notifications") or {}
+        scheduled = LABEL_SCHEDULE in (meta.get("labels") or {})
+        has_rules = (
+            bool(job.get("spec", {}).get("notify"))
+            or scheduled
+            or meta["namespace"] in self._policy_namespaces
+        )
+        uncounted = scheduled and status.get("phase") in TERMINAL and not state.get("streak")
+        due = tuple(due_events(job))
+        if has_rules and (meta["uid"], due) in self._nothing_to_do:
+            has_rules = False
+        if ((has_rules and due) or uncounted) and key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+        for record in state.get("deliveries") or []:
+            if record.get("state") in ("Pending", "Held"):
+                self._ensure_delivery(meta["namespace"], meta["name"], meta["uid"], record["key"])
+
+    def _ensure_delivery(self, namespace: str, name: str, uid: str, key: str) -> None:
+        task_key = (uid, key)
+        if task_key not in self._inflight:
+            task = asyncio.create_task(self._deliver(namespace, name, uid, key))
+            self._inflight[task_key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(task_key, None))
+
+    async def _evaluator(self) -> None:
+        while True:
+            namespace, name = await self._queue.get()
+            self._queued.discard((namespace, name))
+            try:
+                job = await asyncio.to_thread(self.evaluate, namespace, name)
+            except Exception:
+                log.exception("evaluating notifications of %s/%s failed; retrying in 5 s", namespace, name)
+                await asyncio.sleep(5)
+                if (namespace, name) not in self._queued:
+                    self._queued.add((namespace, name))
+                    self._queue.put_nowait((namespace, name))
+                continue
+            if job is not None:
+                self.job_event(job)
+
+    # --- evaluation (worker thread) ---------------------------------------------------------
+    def evaluate(self, namespace: str, name: str) -> Manifest | None:
+        """Count a scheduled run, decide the deliveries of newly reached events, record them.
+
+        Returns:
+            The job as recorded (so its open records get delivery tasks), or None.
+        """
+        for _ in range(8):
+            job = kube.read_opsjob(namespace, name)
+            if job is None:
+                return None
+            status = job.get("status") or {}
+            state = _notifications(job)
+            phase = status.get("phase")
+            streak = state.streak
+            if phase in TERMINAL and streak is None:
+                streak = count_scheduled_run(job)
+            events = due_events(job)
+            completed = parse_time(status.get("completionTime"))
+            if completed and (clock.now() - completed).total_seconds() > self.settings.max_age_seconds:
+                events = []  # too old to notify about (e.g. after a long operator outage)
+            sources = self._sources(job)
+            has_rules = any(source.rules for source in sources)
+            if not events or not has_rules:
+                if not has_rules:
+                    if len(self._nothing_to_do) > 10000:
+                        self._nothing_to_do.clear()
+                    self._nothing_to_do.add((job["metadata"]["uid"], tuple(due_events(job))))
+                if (
+                    streak is not None
+                    and state.streak is None
+                    and not _patch_notifications(job, state.model_copy(update={"streak": streak}))
+                ):
+                    continue
+                return job
+            policies = _policies(namespace)
+            recipients: dict[str, Recipient] = {}
+            for _, policy in policies:
+                for recipient in policy.recipients or []:
+                    recipients.setdefault(recipient.name, recipient)
+            channels = {
+                rule.channel_ref.name
+                for source in sources
+                for rule in source.rules
+                if rule.channel_ref is not None
+            } | {c.channel_ref.name for r in recipients.values() for c in r.channels}
+            types = {channel: channel_type(namespace, channel) for channel in channels}
+            facts = run_facts(job, streak)
+            new: list[NotificationRecord] = []
+            problems: list[str] = []
+            for event in events:
+                plan = plan_deliveries(event, facts, sources, recipients, types, clock.now())
+                new += plan.records
+                problems += plan.problems
+            updated = NotificationStatus(
+                evaluated=[*state.evaluated, *events],
+                streak=streak,
+                deliveries=merge_records(list(state.deliveries), new, MAX_RECORDS),
+            )
+            if not _patch_notifications(job, updated):
+                continue
+            self._report_plan(job, new, problems)
+            job.setdefault("status", {})["notifications"] = _dump(updated)
+            return job
+        raise RuntimeError(f"OpsJob {namespace}/{name} kept changing while recording notifications")
+
+    def _sources(self, job: Manifest) -> list[RuleSource]:
+        meta = job["metadata"]
+        sources = [RuleSource("opsjob", _parse_rules(job.get("spec", {}).get("notify")))]
+        schedule_name = (meta.get("labels") or {}).get(LABEL_SCHEDULE)
+        if schedule_name:
+            schedule = kube.get_custom(OPSSCHEDULE.plural, meta["namespace"], schedule_name)
+            if schedule is not None:
+                sources.append(
+                    RuleSource(
+                        f"opsschedule/{schedule_name}", _parse_rules(schedule.get("spec", {}).get("notify"))
+                    )
+                )
+        if meta["namespace"] in self._policy_namespaces:
+            for policy_name, policy in _policies(meta["namespace"]):
+                sources.append(RuleSource(f"policy/{policy_name}", tuple(policy.rules or ())))
+        return sources
+
+    def _report_plan(self, job: Manifest, new: list[NotificationRecord], problems: list[str]) -> None:
+        for record in new:
+            who = ", ".join(record.recipients) or record.channel
+            if record.state == "Held":
+                metrics.count("any", "held")
+                until = record.not_before.isoformat() if record.not_before else "later"
+                post_event(
+                    job,
+                    "Normal",
+                    "NotificationHeld",
+                    f"{record.event} notification to {who} held until {until} (quiet hours)",
+                )
+            elif record.state == "Dropped":
+                metrics.count("any", "dropped")
+                post_event(
+                    job,
+                    "Normal",
+                    "NotificationDropped",
+                    f"{record.event} notification to {who} dropped (quiet hours)",
+                )
+        for problem in problems:
+            post_event(job, "Warning", "NotificationMisconfigured", problem)
+
+    # --- delivery (asyncio task per record) --------------------------------------------------
+    async def _deliver(self, namespace: str, name: str, uid: str, key: str) -> None:
+        try:
+            while True:
+                job = await asyncio.to_thread(kube.read_opsjob, namespace, name)
+                if job is None or job["metadata"]["uid"] != uid:
+                    return
+                state = _notifications(job)
+                record = next((r for r in state.deliveries if r.key == key), None)
+                if record is None or record.state not in ("Pending", "Held"):
+                    return
+                if record.not_before is not None and clock.seconds_until(record.not_before) > 0:
+                    await sleep_until(record.not_before)
+                    continue
+                outcome = await self._attempt(job, record, state.streak)
+                done = await asyncio.to_thread(self._record_attempt, namespace, name, uid, key, outcome)
+                if done:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivering %s of %s/%s failed unexpectedly", key, namespace, name)
+
+    async def _attempt(
+        self, job: Manifest, record: NotificationRecord, streak: ScheduleStreak | None
+    ) -> tuple[str, str, str]:
+        """One try. Returns (channel type, error or "", template error or "")."""
+        namespace = job["metadata"]["namespace"]
+        kind = "unknown"
+        template_error = ""
+        try:
+            channel = await asyncio.to_thread(load_channel, namespace, record.channel)
+            kind = channel.type
+            custom = None
+            if record.template:
+                config_map, _, map_key = record.template.partition("/")
+                data = await asyncio.to_thread(kube.config_map_data, namespace, config_map)
+                custom = (data or {}).get(map_key)
+                if custom is None:
+                    template_error = f"template {record.template} not found (ConfigMap or key missing)"
+            context = build_context(job, record.event, streak)
+            message = render_message(context, custom)
+            template_error = template_error or message.template_error
+            delivery_id = f"{job['metadata']['uid']}/{record.key}"
+            await self._send(channel, context, message, record, delivery_id)
+        except DeliveryError as error:
+            return kind, str(error), template_error
+        return kind, "", template_error
+
+    async def _send(
+        self,
+        channel: Channel,
+        context: dict[str, Any],
+        message: Rendered,
+        record: NotificationRecord,
+        delivery_id: str,
+    ) -> None:
+        assert self._client is not None
+        if channel.type == "SMTP":
+            assert channel.spec.smtp is not None
+            to = [r for r in record.recipients if "@" in r]
+            if not to:
+                raise DeliveryError(f"SMTP {channel.name!r}: no email address to send to")
+            await send_email(channel, email_message(message, channel.spec.smtp.sender, to, delivery_id))
+            return
+        headers = {EVENT_HEADER: record.event, DELIVERY_HEADER: delivery_id}
+        if channel.type == "SlackWebhook":
+            body = webhook_body(slack_payload(context, message))
+        elif channel.type == "TeamsWebhook":
+            body = webhook_body(teams_payload(context, message))
+        else:
+            now = clock.now()
+            body = webhook_body(webhook_payload(context, message, delivery_id, now.isoformat()))
+            timestamp = str(int(now.timestamp()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            if channel.spec.webhook and channel.spec.webhook.headers:
+                headers = {**channel.spec.webhook.headers, **headers}
+            if channel.values.get("hmacKey"):
+                headers[SIGNATURE_HEADER] = sign(channel.values["hmacKey"].encode(), timestamp, body)
+        await post_json(channel, self._client, body, headers)
+
+    def _record_attempt(
+        self, namespace: str, name: str, uid: str, key: str, outcome: tuple[str, str, str]
+    ) -> bool:
+        """Write the attempt's result into the record; True when the record is final."""
+        kind, error, template_error = outcome
+        now = clock.now()
+        for _ in range(8):
+            job = kube.read_opsjob(namespace, name)
+            if job is None or job["metadata"]["uid"] != uid:
+                return True
+            state = _notifications(job)
+            index = next((i for i, r in enumerate(state.deliveries) if r.key == key), None)
+            if index is None:
+                return True
+            record = state.deliveries[index]
+            attempts = record.attempts + 1
+            if not error:
+                changed = record.model_copy(
+                    update={
+                        "state": "Sent",
+                        "attempts": attempts,
+                        "sent_time": now,
+                        "last_error": "",
+                        "not_before": None,
+                        "template_error": template_error,
+                    }
+                )
+            elif attempts >= self.settings.max_attempts:
+                changed = record.model_copy(
+                    update={
+                        "state": "Failed",
+                        "attempts": attempts,
+                        "last_error": error[:1024],
+                        "not_before": None,
+                        "template_error": template_error,
+                    }
+                )
+            else:
+                retry_at = now + timedelta(seconds=self.settings.backoff(attempts))
+                changed = record.model_copy(
+                    update={
+                        "state": "Pending",
+                        "attempts": attempts,
+                        "last_error": error[:1024],
+                        "not_before": retry_at,
+                        "template_error": template_error,
+                    }
+                )
+            deliveries = list(state.deliveries)
+            deliveries[index] = changed
+            if not _patch_notifications(job, state.model_copy(update={"deliveries": deliveries})):
+                continue
+            self._report_attempt(job, changed, kind, template_error)
+            return changed.state != "Pending"
+        return False
+
+    def _report_attempt(
+        self, job: Manifest, record: NotificationRecord, kind: str, template_error: str
+    ) -> None:
+        who = ", ".join(record.recipients) or record.channel
+        if template_error:
+            metrics.count(kind, "template_error")
+            post_event(
+                job,
+                "Warning",
+                "NotificationTemplateError",
+                f"custom template {record.template} failed, sent the default instead: {template_error}",
+            )
+        if record.state == "Sent":
+            metrics.count(kind, "sent")
+            post_event(
+                job,
+                "Normal",
+                "NotificationSent",
+                f"{record.event} notification sent via {record.channel} to {who}",
+            )
+        elif record.state == "Failed":
+            metrics.count(kind, "failed")
+            post_event(
+                job,
+                "Warning",
+                "NotificationFailed",
+                f"{record.event} notification via {record.channel} failed after {record.attempts} "
+                f"attempts: {record.last_error}",
+            )
+        else:
+            metrics.count(kind, "retry")
+            log.info(
+                "%s notification via %s: attempt %d failed, retrying: %s",
+                record.event,
+                record.channel,
+                record.attempts,
+                record.last_error,
+            )
+
+    # --- test notifications -----------------------------------------------------------------
+    def credential_event(self, credential: Manifest) -> None:
+        """Send a test notification when ``notify-test`` carries a nonce not yet answered."""
+        annotations = credential["metadata"].get("annotations") or {}
+        nonce = annotations.get(ANNOTATION_NOTIFY_TEST)
+        if not nonce:
+            return
+        answered = annotations.get(ANNOTATION_NOTIFY_TEST_RESULT, "").split(" ", 1)[0]
+        task_key = (credential["metadata"]["uid"], f"test/{nonce}")
+        if answered == nonce or task_key in self._inflight:
+            return
+        task = asyncio.create_task(self._send_test(credential, nonce))
+        self._inflight[task_key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(task_key, None))
+
+    async def _send_test(self, credential: Manifest, nonce: str) -> None:
+        meta = credential["metadata"]
+        annotations = meta.get("annotations") or {}
+        to = [a.strip() for a in annotations.get(ANNOTATION_NOTIFY_TEST_TO, "").split(",") if a.strip()]
+        job = {
+            "metadata": {"name": "notification-test", "namespace": meta["namespace"], "uid": meta["uid"]},
+            "status": {"phase": "Succeeded", "message": f"Test notification for channel {meta['name']}."},
+        }
+        record = NotificationRecord(
+            key=f"test/{nonce}",
+            rule="test",
+            event="Succeeded",
+            channel=meta["name"],
+            recipients=to,
+            state="Pending",
+        )
+        kind, error = "unknown", ""
+        try:
+            channel = await asyncio.to_thread(load_channel, meta["namespace"], meta["name"])
+            kind = channel.type
+            context = build_context(job, "Succeeded", None)
+            message = render_message(context)
+            message = replace(message, subject=f"[OpsConductor] test notification via {meta['name']}")
+            await self._send(channel, context, message, record, f"{meta['uid']}/test/{nonce}")
+        except DeliveryError as failure:
+            error = str(failure)
+        metrics.count(kind, "failed" if error else "sent")
+        result = f"{nonce} Failed: {error}" if error else f"{nonce} Sent"
+        await asyncio.to_thread(self._answer_test, credential, result, error)
+
+    @staticmethod
+    def _answer_test(credential: Manifest, result: str, error: str) -> None:
+        meta = credential["metadata"]
+        kube.custom().patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            CREDENTIAL.plural,
+            meta["name"],
+            {"metadata": {"annotations": {ANNOTATION_NOTIFY_TEST_RESULT: result[:1024]}}},
+            _content_type="application/merge-patch+json",
+        )
+        credential = {**credential, "apiVersion": f"{GROUP}/{VERSION}", "kind": CREDENTIAL.kind}
+        if error:
+            post_event(credential, "Warning", "TestNotificationFailed", error)
+        else:
+            post_event(credential, "Normal", "TestNotificationSent", "test notification sent")
+
+
+def policy_status_patch(policy: Manifest) -> Manifest | None:
+    """Ready/Stalled of a NotificationPolicy: its quiet-hours time zones must exist.
+
+    Returns:
+        The status patch, or None when nothing changes.
+    """
+    status = policy.get("status") or {}
+    generation = policy["metadata"].get("generation")
+    problems = []
+    for recipient in (policy.get("spec") or {}).get("recipients") or []:
+        for quiet in recipient.get("quietHours") or []:
+            zone = quiet.get("timeZone", "UTC")
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                problems.append(
+                    f"recipient {recipient.get('name')}: unknown time zone {zone!r} (read as UTC)"
+                )
+    conditions: list[Manifest] = list(status.get("conditions") or [])
+    if problems:
+        message = "; ".join(problems)
+        conditions = c.set_condition(conditions, c.READY, "False", c.REASON_INVALID_SPEC, message, generation)
+        conditions = c.set_condition(
+            conditions, c.STALLED, "True", c.REASON_INVALID_SPEC, message, generation
+        )
+    else:
+        conditions = c.set_condition(conditions, c.READY, "True", "Accepted", "", generation)
+        conditions = c.set_condition(conditions, c.STALLED, "False", "Accepted", "", generation)
+    conditions = c.set_condition(conditions, c.RECONCILING, "False", "Accepted", "", generation)
+    patch = {"observedGeneration": generation, "conditions": conditions}
+    if status.get("observedGeneration") == generation and _strip(status.get("conditions")) == _strip(
+        conditions
+    ):
+        return None
+    return {"status": patch}
+
+
+def _strip(conditions: list[Manifest] | None) -> list[Manifest]:
+    return [{k: v for k, v in item.items() if k != "lastTransitionTime"} for item in conditions or []]
