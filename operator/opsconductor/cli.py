@@ -19,6 +19,7 @@ from opsconductor import kube
 from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
 from opsconductor.api.opsjob import step_types
 from opsconductor.localrun import add_run_parser
+from opsconductor.notify.cli import add_notify_parser
 from opsconductor.results import format_results
 
 _KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     results.add_argument("-o", "--output", choices=["table", "json"], default="table")
     results.set_defaults(func=_cmd_results)
+    add_notify_parser(sub)
     return parser
 
 

@@ -41,3 +41,11 @@ LABEL_SCHEDULE = f"{GROUP}/schedule"
 """On OpsJobs an OpsSchedule created: the schedule's name."""
 ANNOTATION_SCHEDULED_TIME = f"{GROUP}/scheduled-time"
 """On OpsJobs an OpsSchedule created: the fire (RFC 3339, UTC) the run belongs to."""
+
+# Notifications (issue 6): test notifications through a channel Credential's annotations.
+ANNOTATION_NOTIFY_TEST = f"{GROUP}/notify-test"
+"""On a channel Credential: a new value (a nonce) asks the operator for a test notification."""
+ANNOTATION_NOTIFY_TEST_TO = f"{GROUP}/notify-test-to"
+"""On an SMTP Credential: comma-separated addresses the test notification goes to."""
+ANNOTATION_NOTIFY_TEST_RESULT = f"{GROUP}/notify-test-result"
+"""Written by the operator: ``<nonce> Sent`` or ``<nonce> Failed: <why>``."""

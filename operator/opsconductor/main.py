@@ -16,7 +16,7 @@ import kopf
 from opsconductor import kube
 from opsconductor.api import CREDENTIAL, GROUP, NOTIFICATIONPOLICY, OPSJOB, VERSION
 from opsconductor.config import Config
-from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
+from opsconductor.constants import ANNOTATION_NOTIFY_TEST, COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
 from opsconductor.handlers import notify, opsjob
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
@@ -130,7 +130,7 @@ def notify_policy(body: kopf.Body, type: str | None, **_: Any) -> None:
     VERSION,
     CREDENTIAL.plural,
     id="notify-test",
-    annotations={notify.ANNOTATION_NOTIFY_TEST: kopf.PRESENT},
+    annotations={ANNOTATION_NOTIFY_TEST: kopf.PRESENT},
 )
 async def notify_test(body: kopf.Body, type: str | None, **_: Any) -> None:
     """``opsconductor notify test``: a channel Credential asked for a test notification."""

@@ -43,7 +43,12 @@ from opsconductor.api.notification import (
     Recipient,
     ScheduleStreak,
 )
-from opsconductor.constants import LABEL_SCHEDULE
+from opsconductor.constants import (
+    ANNOTATION_NOTIFY_TEST,
+    ANNOTATION_NOTIFY_TEST_RESULT,
+    ANNOTATION_NOTIFY_TEST_TO,
+    LABEL_SCHEDULE,
+)
 from opsconductor.notify import metrics
 from opsconductor.notify.channels import (
     Channel,
@@ -81,13 +86,6 @@ from opsconductor.notify.rules import (
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
-
-ANNOTATION_NOTIFY_TEST = f"{GROUP}/notify-test"
-"""On a channel Credential: set to a new value (a nonce) to send a test notification."""
-ANNOTATION_NOTIFY_TEST_TO = f"{GROUP}/notify-test-to"
-"""On an SMTP Credential: comma-separated addresses for the test notification."""
-ANNOTATION_NOTIFY_TEST_RESULT = f"{GROUP}/notify-test-result"
-"""Written by the operator: ``<nonce> Sent`` or ``<nonce> Failed: <why>``."""
 
 
 @dataclass(frozen=True)

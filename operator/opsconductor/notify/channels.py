@@ -8,6 +8,7 @@ their secret, so neither they nor passwords ever appear in an error, a log line 
 from __future__ import annotations
 
 import base64
+import logging
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -25,6 +26,8 @@ from opsconductor.api.credential import SECRET_KEYS, CredentialSpec
 from opsconductor.notify.rules import CHANNEL_TYPES
 
 SEND_TIMEOUT_SECONDS = 20.0
+# httpx logs every request's URL at INFO; a webhook URL embeds its secret.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class DeliveryError(Exception):
