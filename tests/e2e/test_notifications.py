@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from opsconductor import clock
 from opsconductor.constants import LABEL_SCHEDULE
@@ -66,7 +67,7 @@ def notify_operator(
             "OPSCONDUCTOR_CLOCK_FILE": str(clock_file),
             "OPSCONDUCTOR_NOTIFY_BACKOFF_SECONDS": "0.5",
             "OPSCONDUCTOR_NOTIFY_MAX_ATTEMPTS": "4",
-            "OPSCONDUCTOR_NOTIFY_MAX_AGE_SECONDS": "86400",
+            "OPSCONDUCTOR_NOTIFY_MAX_AGE_SECONDS": "2592000",
         },
     )
     process.start()
@@ -533,3 +534,109 @@ def test_notify_test_command_sends_a_test_message(k: Kubectl, hooks: Receiver) -
     )
     result = subprocess.run([*command, "gone"], env=env, capture_output=True, text=True, timeout=90)
     assert result.returncode == 1 and "ConnectError" in result.stdout + result.stderr
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "notifications"
+
+
+def _repoint(doc: dict[str, Any], hooks: Receiver, smtp: SmtpServer, namespace: str) -> dict[str, Any]:
+    """Point an example at the local receivers (the rest of the example stays as written)."""
+    name = doc["metadata"]["name"]
+    if doc["kind"] == "Secret" and "url" in doc["stringData"]:
+        doc["stringData"]["url"] = f"{hooks.url}/{namespace}/{name}"
+    elif doc["kind"] == "Secret":
+        doc["stringData"].update(username=smtp.username, password=smtp.password, **{"ca.crt": smtp.ca_pem})
+    elif doc["kind"] == "Credential" and doc["spec"]["type"] == "SMTP":
+        doc["spec"]["smtp"].update(host=smtp.host, port=smtp.port)
+    elif doc["kind"] == "OpsJob":
+        doc["spec"]["steps"][0]["url"] = "http://127.0.0.1:1/"  # connection refused: the run fails
+    elif doc["kind"] == "OpsSchedule":
+        doc["spec"]["suspend"] = True  # runs are created by the test, as the scheduler would
+    return doc
+
+
+def test_notification_examples_deliver_to_every_channel(
+    k: Kubectl, hooks: Receiver, smtp: SmtpServer, clock_file: Path
+) -> None:
+    # A weekday noon in Berlin: nobody's quiet hours apply.
+    noon = datetime.now(UTC).replace(hour=11, minute=0, second=0, microsecond=0)
+    while noon.weekday() >= 5:
+        noon -= timedelta(days=1)
+    clock.set_fake_time(clock_file, noon)
+    docs = [
+        _repoint(doc, hooks, smtp, k.namespace)
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    assert {d["kind"] for d in docs} >= {
+        "Secret",
+        "Credential",
+        "NotificationPolicy",
+        "OpsSchedule",
+        "OpsJob",
+    }
+    before = len(smtp.mails)
+    k.apply(yaml.safe_dump_all([d for d in docs if d["kind"] != "OpsJob"]))
+    k.apply(yaml.safe_dump_all([d for d in docs if d["kind"] == "OpsJob"]))
+    assert wait_phase(k, "cert-expiry-check")["status"]["phase"] == "Failed"
+    # One email (the job's addresses and the policy's recipients), one Slack message (custom
+    # template), one signed webhook for on-call (urgent pager rule matching "refused").
+    mail = smtp.wait_for(before + 1)[before]
+    assert sorted(mail.rcpt_tos) == [
+        "alice@example.com",
+        "bob@example.com",
+        "ops@example.com",
+        "web-team@example.com",
+    ]
+    (slack,) = hooks.wait_for(f"/{k.namespace}/team-slack")
+    text = json.loads(slack.body)["blocks"][1]["text"]["text"]
+    assert text.startswith("❌ *cert-expiry-check* failed in") and "• probe on local:" in text
+    (page,) = hooks.wait_for(f"/{k.namespace}/incident-hook")
+    assert page.headers["x-source"] == "opsconductor" and page.headers["x-opsconductor-signature"].startswith(
+        "sha256="
+    )
+    found = wait_records(k, "cert-expiry-check", {"Sent"}, 3)
+    assert sorted(r["channel"] for r in found) == ["incident-hook", "team-mail", "team-slack"]
+    wait_until(
+        lambda: (k.get("notificationpolicy", "web-team").get("status") or {}).get("conditions"),
+        what="the policy's conditions",
+    )
+    policy = k.get("notificationpolicy", "web-team")
+    assert {c["type"]: c["status"] for c in policy["status"]["conditions"]}["Ready"] == "True"
+
+    # The schedule example escalates to the managers' Teams channel on the 3rd failure in a row.
+    schedule = k.get("opsschedule", "nightly-api-check")
+    for run in (1, 2, 3):
+        name = f"nightly-api-check-{run}"
+        k.apply(
+            json.dumps(
+                {
+                    "apiVersion": "opsconductor.io/v1alpha1",
+                    "kind": "OpsJob",
+                    "metadata": {
+                        "name": name,
+                        "labels": {LABEL_SCHEDULE: "nightly-api-check"},
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "opsconductor.io/v1alpha1",
+                                "kind": "OpsSchedule",
+                                "name": "nightly-api-check",
+                                "uid": schedule["metadata"]["uid"],
+                                "controller": True,
+                            }
+                        ],
+                    },
+                    "spec": {
+                        "steps": [{"name": "healthz", "type": "http.get", "url": "http://127.0.0.1:1/"}]
+                    },
+                }
+            )
+        )
+        wait_phase(k, name)
+        hooks.wait_for(f"/{k.namespace}/team-slack", 1 + run)
+        if run < 3:
+            assert hooks.at(f"/{k.namespace}/team-teams") == []
+    (teams,) = hooks.wait_for(f"/{k.namespace}/team-teams")
+    assert json.loads(teams.body)["type"] == "message"
+    assert k.get("opsschedule", "nightly-api-check")["status"]["consecutiveFailures"] == 3
