@@ -269,6 +269,7 @@ class Notifier:
         """Track which namespaces have NotificationPolicies (a cheap filter for job events)."""
         if not deleted:
             self._policy_namespaces.add(namespace)
+        self._nothing_to_do.clear()  # a new or changed policy may bring rules to running jobs
 
     # --- job events (called by kopf for every OpsJob event; must stay cheap) ---------------
     def job_event(self, job: Manifest) -> None:
