@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,6 +87,8 @@ from opsconductor.notify.rules import (
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
+CHANNEL_CACHE_SECONDS = 10.0
+"""How long a channel's Credential and Secret are reused (an edited Secret applies after this)."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,9 @@ class Notifier:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: httpx.AsyncClient | None = None
         self._policy_namespaces: set[str] = set()
+        self._channels: dict[tuple[str, str], tuple[float, Channel]] = {}
+        self._latest: dict[tuple[str, str], Manifest] = {}
+        """The newest body of each queued job (saves a read when its evaluation starts)."""
         self._nothing_to_do: set[tuple[str, tuple[str, ...]]] = set()
         """(uid, events) found to have no rules: later events of the same phase skip evaluation."""
 
@@ -287,17 +293,19 @@ class Notifier:
         due = tuple(due_events(job))
         if has_rules and (meta["uid"], due) in self._nothing_to_do:
             has_rules = False
-        if ((has_rules and due) or uncounted) and key not in self._queued:
-            self._queued.add(key)
-            self._queue.put_nowait(key)
+        if (has_rules and due) or uncounted:
+            self._latest[key] = job
+            if key not in self._queued:
+                self._queued.add(key)
+                self._queue.put_nowait(key)
         for record in state.get("deliveries") or []:
             if record.get("state") in ("Pending", "Held"):
-                self._ensure_delivery(meta["namespace"], meta["name"], meta["uid"], record["key"])
+                self._ensure_delivery(meta["namespace"], meta["name"], meta["uid"], record["key"], job)
 
-    def _ensure_delivery(self, namespace: str, name: str, uid: str, key: str) -> None:
+    def _ensure_delivery(self, namespace: str, name: str, uid: str, key: str, job: Manifest) -> None:
         task_key = (uid, key)
         if task_key not in self._inflight:
-            task = asyncio.create_task(self._deliver(namespace, name, uid, key))
+            task = asyncio.create_task(self._deliver(namespace, name, uid, key, job))
             self._inflight[task_key] = task
             task.add_done_callback(lambda _: self._inflight.pop(task_key, None))
 
@@ -306,7 +314,8 @@ class Notifier:
             namespace, name = await self._queue.get()
             self._queued.discard((namespace, name))
             try:
-                job = await asyncio.to_thread(self.evaluate, namespace, name)
+                seen = self._latest.pop((namespace, name), None)
+                job = await asyncio.to_thread(self.evaluate, namespace, name, seen)
             except Exception:
                 log.exception("evaluating notifications of %s/%s failed; retrying in 5 s", namespace, name)
                 await asyncio.sleep(5)
@@ -318,14 +327,17 @@ class Notifier:
                 self.job_event(job)
 
     # --- evaluation (worker thread) ---------------------------------------------------------
-    def evaluate(self, namespace: str, name: str) -> Manifest | None:
+    def evaluate(self, namespace: str, name: str, seen: Manifest | None = None) -> Manifest | None:
         """Count a scheduled run, decide the deliveries of newly reached events, record them.
 
         Returns:
             The job as recorded (so its open records get delivery tasks), or None.
         """
         for _ in range(8):
-            job = kube.read_opsjob(namespace, name)
+            # The first pass trusts the job as the event delivered it: a stale copy fails the
+            # resourceVersion-guarded patch and the next pass reads it afresh.
+            job = seen if seen is not None else kube.read_opsjob(namespace, name)
+            seen = None
             if job is None:
                 return None
             status = job.get("status") or {}
@@ -363,7 +375,7 @@ class Notifier:
                 for rule in source.rules
                 if rule.channel_ref is not None
             } | {c.channel_ref.name for r in recipients.values() for c in r.channels}
-            types = {channel: channel_type(namespace, channel) for channel in channels}
+            types = {channel: self._channel_type(namespace, channel) for channel in channels}
             facts = run_facts(job, streak)
             new: list[NotificationRecord] = []
             problems: list[str] = []
@@ -424,10 +436,34 @@ class Notifier:
             post_event(job, "Warning", "NotificationMisconfigured", problem)
 
     # --- delivery (asyncio task per record) --------------------------------------------------
-    async def _deliver(self, namespace: str, name: str, uid: str, key: str) -> None:
+    def _channel(self, namespace: str, name: str) -> Channel:
+        """Load a channel, cached for ``CHANNEL_CACHE_SECONDS`` (a burst of runs reads it once).
+
+        Raises:
+            DeliveryError: as :func:`load_channel`.
+        """
+        now = time.monotonic()
+        cached = self._channels.get((namespace, name))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        channel = load_channel(namespace, name)
+        self._channels[(namespace, name)] = (now + CHANNEL_CACHE_SECONDS, channel)
+        return channel
+
+    def _channel_type(self, namespace: str, name: str) -> str | None:
+        try:
+            return self._channel(namespace, name).type
+        except DeliveryError:
+            return channel_type(namespace, name)  # exists but unusable: delivery reports why
+
+    async def _deliver(
+        self, namespace: str, name: str, uid: str, key: str, seen: Manifest | None = None
+    ) -> None:
         try:
             while True:
-                job = await asyncio.to_thread(kube.read_opsjob, namespace, name)
+                # The first pass uses the job as the evaluation recorded it; later passes re-read.
+                job = seen if seen is not None else await asyncio.to_thread(kube.read_opsjob, namespace, name)
+                seen = None
                 if job is None or job["metadata"]["uid"] != uid:
                     return
                 state = _notifications(job)
@@ -454,7 +490,7 @@ class Notifier:
         kind = "unknown"
         template_error = ""
         try:
-            channel = await asyncio.to_thread(load_channel, namespace, record.channel)
+            channel = await asyncio.to_thread(self._channel, namespace, record.channel)
             kind = channel.type
             custom = None
             if record.template:
