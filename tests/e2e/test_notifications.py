@@ -451,6 +451,29 @@ def test_operator_restart_after_sending_sends_nothing_twice_and_resumes_pending(
     assert [json.loads(h.body)["job"]["name"] for h in hooks.at(f"/{k.namespace}/now")] == ["first", "second"]
 
 
+def test_started_and_duration_exceeded_notices(k: Kubectl, hooks: Receiver) -> None:
+    k.apply(channel("team", "Webhook", f"{hooks.url}/{k.namespace}/team"))
+    k.apply("""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsJob
+metadata: {name: slow}
+spec:
+  steps: [{name: pause, type: wait, seconds: 6}]
+  notify:
+    - {events: [Started], channelRef: {name: team}}
+    - {events: [DurationExceeded], durationThresholdSeconds: 3, channelRef: {name: team}}
+    - {events: [DurationExceeded], durationThresholdSeconds: 60, channelRef: {name: team}}
+""")
+    (started,) = hooks.wait_for(f"/{k.namespace}/team")
+    assert json.loads(started.body)["event"] == "Started"
+    assert k.get("opsjob", "slow")["status"]["phase"] == "Running"  # told while it runs
+    wait_phase(k, "slow")
+    hits = hooks.wait_for(f"/{k.namespace}/team", 2)
+    assert [h.headers["x-opsconductor-event"] for h in hits] == ["Started", "DurationExceeded"]
+    wait_records(k, "slow", {"Sent"}, 2)
+    assert len(hooks.at(f"/{k.namespace}/team")) == 2  # the 60 s threshold was not exceeded
+
+
 def test_a_fan_out_failure_over_many_targets_is_one_message(k: Kubectl, hooks: Receiver) -> None:
     k.apply(channel("team", "Webhook", f"{hooks.url}/{k.namespace}/team"))
     targets = "\n---\n".join(

@@ -18,6 +18,7 @@ and nothing secret enters a context (status output is already masked by the runn
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 
 from opsconductor.api.notification import ScheduleStreak
 from opsconductor.constants import LABEL_SCHEDULE
@@ -164,8 +165,14 @@ def build_context(job: Manifest, event: str, streak: ScheduleStreak | None) -> d
     }
 
 
+@functools.lru_cache(maxsize=128)
+def _compile(source: str) -> Template:
+    """Compile once per distinct source (compiling costs far more than rendering)."""
+    return make_environment().from_string(source)
+
+
 def _render(source: str, context: Mapping[str, Any]) -> str:
-    return make_environment().from_string(source).render(context).strip()
+    return _compile(source).render(context).strip()
 
 
 def render_message(context: Mapping[str, Any], custom: str | None = None) -> Rendered:
