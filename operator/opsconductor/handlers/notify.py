@@ -298,6 +298,12 @@ class Notifier:
             if key not in self._queued:
                 self._queued.add(key)
                 self._queue.put_nowait(key)
+        self._start_deliveries(job)
+
+    def _start_deliveries(self, job: Manifest) -> None:
+        """Start a task for every open record of the job that has none yet."""
+        meta = job["metadata"]
+        state = (job.get("status") or {}).get("notifications") or {}
         for record in state.get("deliveries") or []:
             if record.get("state") in ("Pending", "Held"):
                 self._ensure_delivery(meta["namespace"], meta["name"], meta["uid"], record["key"], job)
@@ -324,7 +330,9 @@ class Notifier:
                     self._queue.put_nowait((namespace, name))
                 continue
             if job is not None:
-                self.job_event(job)
+                # Only deliveries: re-queueing here would loop on a run that cannot be counted
+                # (its OpsSchedule is gone); the job's next event queues it again if needed.
+                self._start_deliveries(job)
 
     # --- evaluation (worker thread) ---------------------------------------------------------
     def evaluate(self, namespace: str, name: str, seen: Manifest | None = None) -> Manifest | None:
