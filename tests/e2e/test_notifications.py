@@ -503,6 +503,34 @@ spec:
     assert "and 50 more" in body["text"]
 
 
+def test_a_burst_of_failing_jobs_is_grouped_into_digests(k: Kubectl, hooks: Receiver) -> None:
+    k.apply(channel("team", "SlackWebhook", f"{hooks.url}/{k.namespace}/team"))
+    k.apply(channel("audit", "Webhook", f"{hooks.url}/{k.namespace}/audit"))
+    k.apply("""
+apiVersion: opsconductor.io/v1alpha1
+kind: NotificationPolicy
+metadata: {name: burst}
+spec:
+  rules:
+    - {events: [Failed], channelRef: {name: team}, groupWindowSeconds: 20}
+    - {events: [Failed], channelRef: {name: audit}, groupWindowSeconds: 20}
+""")
+    names = [f"host-{i:02d}" for i in range(12)]
+    k.apply("\n---\n".join(failing_job(name, "[]") for name in names))
+    for name in names:
+        wait_records(k, name, {"Sent"}, 2, timeout=120)
+    digests = [json.loads(h.body) for h in hooks.at(f"/{k.namespace}/audit")]
+    reported = sorted(run["job"]["name"] for digest in digests for run in digest["runs"] or [digest["job"]])
+    assert reported == names  # every run reported exactly once
+    assert len(digests) < len(names) / 2  # ... in a few messages, not one per run
+    assert any(d["digest"] for d in digests)
+    slack = [json.loads(h.body) for h in hooks.at(f"/{k.namespace}/team")]
+    assert len(slack) == len(digests)
+    assert any(" runs failed in " in m["blocks"][0]["text"]["text"] for m in slack)
+    grouped = [r for name in names for r in records(k, name) if r["channel"] == "audit"]
+    assert sum(1 for r in grouped if not r.get("groupedWith")) <= len(digests)
+
+
 def test_namespace_defaults_custom_templates_and_fallback(k: Kubectl, hooks: Receiver) -> None:
     base = f"{hooks.url}/{k.namespace}"
     k.apply(channel("team", "SlackWebhook", f"{base}/team") + channel("audit", "Webhook", f"{base}/audit"))
@@ -660,6 +688,8 @@ def test_notification_examples_deliver_to_every_channel(
         hooks.wait_for(f"/{k.namespace}/team-slack", 1 + run)
         if run < 3:
             assert hooks.at(f"/{k.namespace}/team-teams") == []
-    (teams,) = hooks.wait_for(f"/{k.namespace}/team-teams")
+    teams_hits = hooks.wait_for(f"/{k.namespace}/team-teams")
+    assert len(teams_hits) == 1, [(h.headers, h.body[:3000]) for h in teams_hits]
+    (teams,) = teams_hits
     assert json.loads(teams.body)["type"] == "message"
     assert k.get("opsschedule", "nightly-api-check")["status"]["consecutiveFailures"] == 3

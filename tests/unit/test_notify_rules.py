@@ -275,3 +275,30 @@ def test_rules_need_a_destination_and_events(missing: str) -> None:
     else:
         with pytest.raises(ValueError):
             NotifyRule.model_validate(fields)
+
+
+def test_a_digest_lists_every_run() -> None:
+    from opsconductor.notify.render import build_digest_context, render_digest
+
+    runs = []
+    for index in range(3):
+        the_job = job(targets=index + 1)
+        the_job["metadata"]["name"] = f"host-{index}"
+        runs.append(build_context(the_job, "Failed", None))
+    context = build_digest_context(runs, "Failed")
+    message = render_digest(context)
+    assert message.subject == "[OpsConductor] ❌ 3 runs failed in ops"
+    assert [line.split()[1] for line in message.text.splitlines()[1:4]] == ["host-0", "host-1", "host-2"]
+    payload = webhook_payload(context, message, "digest/x", "2026-03-10T12:00:00+00:00")
+    assert payload["digest"] is True and [r["job"]["name"] for r in payload["runs"]] == [
+        "host-0",
+        "host-1",
+        "host-2",
+    ]
+    assert [r["failedTargets"]["count"] for r in payload["runs"]] == [1, 2, 3]
+    assert slack_payload(context, message)["blocks"][0]["text"]["text"] == message.subject
+
+
+def test_rules_carry_their_group_window_into_the_record() -> None:
+    (record,) = plan("Failed", job(), rule(groupWindowSeconds=30), rule(name="plain")).records
+    assert record.group_window_seconds == 30

@@ -98,6 +98,9 @@ class NotifyRule(ApiModel):
     """For DurationExceeded: notify when a run takes longer than this."""
     urgent: bool = False
     """Deliver Failed messages of this rule even during recipients' quiet hours."""
+    group_window_seconds: Annotated[int, Field(ge=1, le=3600)] | None = None
+    """Collect this rule's messages to a channel for this long and send the runs that ended in the
+    meantime as one digest (a burst of failing jobs is one message, not one per job)."""
     template_ref: ConfigMapKeySelector | None = None
     """A Jinja2 template (ConfigMap key) replacing the channel's default message text."""
 
@@ -194,6 +197,10 @@ class NotificationRecord(ApiModel):
     """``<ConfigMap>/<key>`` of the custom template, if the rule named one."""
     template_error: Annotated[str, Field(max_length=1024)] = ""
     """Why the custom template failed (the default template was sent instead)."""
+    group_window_seconds: Annotated[int, Field(ge=1, le=3600)] | None = None
+    """Sent as part of a digest of the runs ending within this window (from the rule)."""
+    grouped_with: Annotated[int, Field(ge=0)] = 0
+    """How many other runs the digest that carried this message reported."""
 
 
 class ScheduleStreak(ApiModel):

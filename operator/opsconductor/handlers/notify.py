@@ -20,6 +20,7 @@ What must stay true:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -66,7 +67,9 @@ from opsconductor.notify.render import (
     TIMESTAMP_HEADER,
     Rendered,
     build_context,
+    build_digest_context,
     email_message,
+    render_digest,
     render_message,
     sign,
     slack_payload,
@@ -88,6 +91,23 @@ from opsconductor.notify.rules import (
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
 CHANNEL_CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """The result of one delivery attempt (for one record, or a digest of several)."""
+
+    kind: str
+    """Channel type (metrics)."""
+    error: str = ""
+    """Why it failed; empty when the channel accepted it."""
+    template_error: str = ""
+    """Why the custom template was not used."""
+    grouped_with: int = 0
+    """Other runs reported in the same digest."""
+
+
+_BatchItem = tuple[Manifest, NotificationRecord, ScheduleStreak | None, "asyncio.Future[AttemptOutcome]"]
 """How long a channel's Credential and Secret are reused (an edited Secret applies after this)."""
 
 
@@ -246,6 +266,8 @@ class Notifier:
         self._client: httpx.AsyncClient | None = None
         self._policy_namespaces: set[str] = set()
         self._channels: dict[tuple[str, str], tuple[float, Channel]] = {}
+        self._batches: dict[tuple[str, str, str, tuple[str, ...]], list[_BatchItem]] = {}
+        self._flushers: set[asyncio.Task[None]] = set()
         self._latest: dict[tuple[str, str], Manifest] = {}
         """The newest body of each queued job (saves a read when its evaluation starts)."""
         self._nothing_to_do: set[tuple[str, tuple[str, ...]]] = set()
@@ -264,7 +286,7 @@ class Notifier:
 
     async def stop(self) -> None:
         """Cancel evaluators and deliveries (unsent records stay Pending for the next start)."""
-        tasks = self._tasks + list(self._inflight.values())
+        tasks = self._tasks + list(self._inflight.values()) + list(self._flushers)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -298,17 +320,21 @@ class Notifier:
             if key not in self._queued:
                 self._queued.add(key)
                 self._queue.put_nowait(key)
-        self._start_deliveries(job)
+        # An event's copy of the job may predate a delivery this process already recorded: the
+        # delivery re-reads the job before sending.
+        self._start_deliveries(job, fresh=False)
 
-    def _start_deliveries(self, job: Manifest) -> None:
+    def _start_deliveries(self, job: Manifest, fresh: bool) -> None:
         """Start a task for every open record of the job that has none yet."""
         meta = job["metadata"]
         state = (job.get("status") or {}).get("notifications") or {}
         for record in state.get("deliveries") or []:
             if record.get("state") in ("Pending", "Held"):
-                self._ensure_delivery(meta["namespace"], meta["name"], meta["uid"], record["key"], job)
+                self._ensure_delivery(
+                    meta["namespace"], meta["name"], meta["uid"], record["key"], job if fresh else None
+                )
 
-    def _ensure_delivery(self, namespace: str, name: str, uid: str, key: str, job: Manifest) -> None:
+    def _ensure_delivery(self, namespace: str, name: str, uid: str, key: str, job: Manifest | None) -> None:
         task_key = (uid, key)
         if task_key not in self._inflight:
             task = asyncio.create_task(self._deliver(namespace, name, uid, key, job))
@@ -332,14 +358,15 @@ class Notifier:
             if job is not None:
                 # Only deliveries: re-queueing here would loop on a run that cannot be counted
                 # (its OpsSchedule is gone); the job's next event queues it again if needed.
-                self._start_deliveries(job)
+                self._start_deliveries(job, fresh=True)  # the copy this evaluation just wrote
 
     # --- evaluation (worker thread) ---------------------------------------------------------
     def evaluate(self, namespace: str, name: str, seen: Manifest | None = None) -> Manifest | None:
         """Count a scheduled run, decide the deliveries of newly reached events, record them.
 
         Returns:
-            The job as recorded (so its open records get delivery tasks), or None.
+            The job as this evaluation recorded it, when it added delivery records (their tasks
+            start from this copy), else None.
         """
         for _ in range(8):
             # The first pass trusts the job as the event delivered it: a stale copy fails the
@@ -371,7 +398,7 @@ class Notifier:
                     and not _patch_notifications(job, state.model_copy(update={"streak": streak}))
                 ):
                     continue
-                return job
+                return None  # no new records (open ones are started from the job's events)
             policies = _policies(namespace)
             recipients: dict[str, Recipient] = {}
             for _, policy in policies:
@@ -481,7 +508,10 @@ class Notifier:
                 if record.not_before is not None and clock.seconds_until(record.not_before) > 0:
                     await sleep_until(record.not_before)
                     continue
-                outcome = await self._attempt(job, record, state.streak)
+                if record.group_window_seconds:
+                    outcome = await self._grouped(job, record, state.streak)
+                else:
+                    outcome = await self._attempt(job, record, state.streak)
                 done = await asyncio.to_thread(self._record_attempt, namespace, name, uid, key, outcome)
                 if done:
                     return
@@ -492,7 +522,7 @@ class Notifier:
 
     async def _attempt(
         self, job: Manifest, record: NotificationRecord, streak: ScheduleStreak | None
-    ) -> tuple[str, str, str]:
+    ) -> AttemptOutcome:
         """One try. Returns (channel type, error or "", template error or "")."""
         namespace = job["metadata"]["namespace"]
         kind = "unknown"
@@ -513,8 +543,57 @@ class Notifier:
             delivery_id = f"{job['metadata']['uid']}/{record.key}"
             await self._send(channel, context, message, record, delivery_id)
         except DeliveryError as error:
-            return kind, str(error), template_error
-        return kind, "", template_error
+            return AttemptOutcome(kind, str(error), template_error)
+        return AttemptOutcome(kind, "", template_error)
+
+    async def _grouped(
+        self, job: Manifest, record: NotificationRecord, streak: ScheduleStreak | None
+    ) -> AttemptOutcome:
+        """Join (or open) the digest of this record's destination; its outcome is this record's."""
+        batch_key = (job["metadata"]["namespace"], record.channel, record.event, tuple(record.recipients))
+        batch = self._batches.get(batch_key)
+        if batch is None:
+            batch = self._batches[batch_key] = []
+            flusher = asyncio.create_task(self._flush_later(batch_key, record.group_window_seconds or 0))
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        future: asyncio.Future[AttemptOutcome] = asyncio.get_running_loop().create_future()
+        batch.append((job, record, streak, future))
+        return await future
+
+    async def _flush_later(self, batch_key: tuple[str, str, str, tuple[str, ...]], window: int) -> None:
+        await sleep_until(clock.now() + timedelta(seconds=window))
+        items = self._batches.pop(batch_key, [])
+        live = [item for item in items if not item[3].done()]
+        if not live:
+            return
+        try:
+            if len(live) == 1:
+                job, record, streak, _ = live[0]
+                outcome = await self._attempt(job, record, streak)
+            else:
+                outcome = await self._attempt_digest(live)
+        except Exception as error:  # never leave a waiting delivery hanging
+            log.exception("sending a digest failed")
+            outcome = AttemptOutcome("unknown", f"digest failed: {type(error).__name__}")
+        for *_, future in live:
+            if not future.done():
+                future.set_result(outcome)
+
+    async def _attempt_digest(self, items: list[_BatchItem]) -> AttemptOutcome:
+        """Send one message for several runs to one destination."""
+        first_job, first_record = items[0][0], items[0][1]
+        namespace = first_job["metadata"]["namespace"]
+        try:
+            channel = await asyncio.to_thread(self._channel, namespace, first_record.channel)
+            runs = [build_context(job, record.event, streak) for job, record, streak, _ in items]
+            context = build_digest_context(runs, first_record.event)
+            uids = ",".join(sorted(job["metadata"]["uid"] for job, *_ in items))
+            delivery_id = "digest/" + hashlib.sha256(f"{uids}/{first_record.key}".encode()).hexdigest()[:24]
+            await self._send(channel, context, render_digest(context), first_record, delivery_id)
+        except DeliveryError as error:
+            return AttemptOutcome("unknown", str(error), "", len(items) - 1)
+        return AttemptOutcome(channel.type, "", "", len(items) - 1)
 
     async def _send(
         self,
@@ -548,11 +627,9 @@ class Notifier:
                 headers[SIGNATURE_HEADER] = sign(channel.values["hmacKey"].encode(), timestamp, body)
         await post_json(channel, self._client, body, headers)
 
-    def _record_attempt(
-        self, namespace: str, name: str, uid: str, key: str, outcome: tuple[str, str, str]
-    ) -> bool:
+    def _record_attempt(self, namespace: str, name: str, uid: str, key: str, outcome: AttemptOutcome) -> bool:
         """Write the attempt's result into the record; True when the record is final."""
-        kind, error, template_error = outcome
+        kind, error, template_error = outcome.kind, outcome.error, outcome.template_error
         now = clock.now()
         for _ in range(8):
             job = kube.read_opsjob(namespace, name)
@@ -573,6 +650,7 @@ class Notifier:
                         "last_error": "",
                         "not_before": None,
                         "template_error": template_error,
+                        "grouped_with": outcome.grouped_with,
                     }
                 )
             elif attempts >= self.settings.max_attempts:
@@ -622,7 +700,8 @@ class Notifier:
                 job,
                 "Normal",
                 "NotificationSent",
-                f"{record.event} notification sent via {record.channel} to {who}",
+                f"{record.event} notification sent via {record.channel} to {who}"
+                + (f" in a digest with {record.grouped_with} other run(s)" if record.grouped_with else ""),
             )
         elif record.state == "Failed":
             metrics.count(kind, "failed")

@@ -101,6 +101,28 @@ failed run(s) in a row.</p>{% endif %}
 }
 
 
+_DIGEST = {
+    "subject": "[OpsConductor] {{ icon }} {{ runs | length }} runs {{ headline }} in {{ job.namespace }}",
+    "text": """\
+{{ runs | length }} runs {{ headline }} in {{ job.namespace }}:
+{%- for r in runs %}
+- {{ r.job.name }}{% if r.job.duration %} ({{ r.job.duration }}){% endif %}
+{%- if r.failed.count %}, {{ r.failed.count }} failed target(s){% endif %}
+{%- if r.job.message %}: {{ r.job.message }}{% endif %}
+{%- endfor %}
+See more: {{ kubectl }}
+""",
+    "html": """\
+<h3>{{ icon }} {{ runs | length }} runs {{ headline | e }} in {{ job.namespace | e }}</h3><ul>
+{% for r in runs %}<li><b>{{ r.job.name | e }}</b>
+{% if r.job.duration %} ({{ r.job.duration | e }}){% endif %}
+{% if r.failed.count %}, {{ r.failed.count }} failed target(s){% endif %}
+{% if r.job.message %}: {{ r.job.message | e }}{% endif %}</li>
+{% endfor %}</ul><p>See more: <code>{{ kubectl | e }}</code></p>
+""",
+}
+
+
 @dataclass(frozen=True)
 class Rendered:
     """A message in its channel-neutral parts."""
@@ -169,6 +191,43 @@ def build_context(job: Manifest, event: str, streak: ScheduleStreak | None) -> d
 def _compile(source: str) -> Template:
     """Compile once per distinct source (compiling costs far more than rendering)."""
     return make_environment().from_string(source)
+
+
+def build_digest_context(runs: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    """Build the context of a digest: ``runs`` holds each run's :func:`build_context`."""
+    namespace = runs[0]["job"]["namespace"]
+    return {
+        "event": event,
+        "headline": HEADLINES.get(event, event),
+        "icon": ICONS.get(event, ""),
+        "job": {
+            "name": f"{len(runs)} runs",
+            "namespace": namespace,
+            "uid": "",
+            "labels": {},
+            "phase": event,
+            "message": "",
+            "startTime": None,
+            "completionTime": None,
+            "duration": "",
+            "durationSeconds": None,
+        },
+        "runs": runs,
+        "steps": [],
+        "failed": {"count": sum(r["failed"]["count"] for r in runs), "targets": [], "more": 0},
+        "schedule": {"name": None, "consecutiveFailures": 0, "failuresBefore": 0},
+        "kubectl": f"kubectl -n {namespace} get opsjobs",
+        "results": f"kubectl -n {namespace} get opsjobs",
+    }
+
+
+def render_digest(context: Mapping[str, Any]) -> Rendered:
+    """Render the digest of several runs (custom templates apply to single-run messages only)."""
+    return Rendered(
+        _render(_DIGEST["subject"], context),
+        _render(_DIGEST["text"], context),
+        _render(_DIGEST["html"], context),
+    )
 
 
 def _render(source: str, context: Mapping[str, Any]) -> str:
@@ -278,6 +337,15 @@ def webhook_payload(
         "subject": message.subject,
         "text": message.text,
         "kubectl": context["kubectl"],
+        "digest": "runs" in context,
+        "runs": [
+            {
+                "job": run["job"],
+                "schedule": run["schedule"],
+                "failedTargets": {"count": run["failed"]["count"], "items": run["failed"]["targets"]},
+            }
+            for run in context.get("runs", [])
+        ],
     }
 
 

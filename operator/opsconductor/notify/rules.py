@@ -217,6 +217,7 @@ class _Candidate:
     drop: bool = False
     template: str | None = None
     error: str = ""
+    group_window: int | None = None
 
 
 @dataclass
@@ -275,6 +276,7 @@ def plan_deliveries(
                                 None,
                                 False,
                                 _template_name(rule),
+                                group_window=rule.group_window_seconds,
                             )
                         )
                 for name in rule.recipients:
@@ -301,6 +303,7 @@ def plan_deliveries(
                                 hold_until=quiet[1] if quiet and quiet[0] == "Hold" else None,
                                 drop=bool(quiet and quiet[0] == "Drop"),
                                 template=_template_name(rule),
+                                group_window=rule.group_window_seconds,
                             )
                         )
     plan.records = _group(candidates, channel_types, plan.problems)
@@ -367,6 +370,7 @@ def _group(
                 last_error=error,
                 not_before=until,
                 template=next((m.template for m in members if m.template), None),
+                group_window_seconds=max((m.group_window for m in members if m.group_window), default=None),
             )
         )
     return records
