@@ -12,10 +12,13 @@ process, on one monotonic clock:
 slightly negative: the operator's watch may see the status before this process's). Completion →
 delivery from ``status.completionTime`` is printed too, at the API's 1 s resolution.
 
+A burst of ``--burst`` separate failing OpsJobs then notifies one channel per run and another through
+a rule with ``groupWindowSeconds: 10``; the messages each receives are counted.
+
 The fan-out part runs one OpsJob over 200 HTTP Targets that all refuse connections, with
 ``failurePolicy: Continue`` and rules to a webhook and a Slack channel, and counts the messages.
 
-    .venv/bin/python bench/notify_latency.py [--count 100] [--wave 10] [--targets 200]
+    .venv/bin/python bench/notify_latency.py [--count 100] [--wave 10] [--targets 200] [--burst 20]
 """
 
 from __future__ import annotations
@@ -140,11 +143,61 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def run_burst(cluster: LocalCluster, custom: Any, receiver: Receiver, count: int) -> dict[str, int]:
+    """``count`` separate failing jobs at once, each notifying one channel directly and one grouped."""
+    manifests = channel("burst", "Webhook", f"{receiver.url}/burst") + channel(
+        "digest", "Webhook", f"{receiver.url}/digest"
+    )
+    cluster.kubectl(
+        "apply",
+        "-n",
+        NAMESPACE,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}),
+    )
+    before = dict(receiver.by_path)
+    for index in range(count):
+        custom.create_namespaced_custom_object(
+            "opsconductor.io",
+            "v1alpha1",
+            NAMESPACE,
+            "opsjobs",
+            {
+                "apiVersion": "opsconductor.io/v1alpha1",
+                "kind": "OpsJob",
+                "metadata": {"name": f"burst-{index:03d}"},
+                "spec": {
+                    "steps": [{"name": "probe", "type": "http.get", "url": "http://127.0.0.1:1/"}],
+                    "notify": [
+                        {"events": ["Failed"], "channelRef": {"name": "burst"}},
+                        {"events": ["Failed"], "channelRef": {"name": "digest"}, "groupWindowSeconds": 10},
+                    ],
+                },
+            },
+        )
+
+    def recorded() -> bool:
+        jobs = custom.list_namespaced_custom_object("opsconductor.io", "v1alpha1", NAMESPACE, "opsjobs")[
+            "items"
+        ]
+        sent = 0
+        for job in jobs:
+            if job["metadata"]["name"].startswith("burst-"):
+                deliveries = ((job.get("status") or {}).get("notifications") or {}).get("deliveries") or []
+                sent += sum(1 for d in deliveries if d["state"] == "Sent")
+        return sent >= 2 * count
+
+    wait_for(recorded, 300, "the burst's deliveries")
+    return {p: n - before.get(p, 0) for p, n in receiver.by_path.items() if p in ("/burst", "/digest")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--wave", type=int, default=10, help="runs started together")
     parser.add_argument("--targets", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=20, help="separate failing jobs at once")
     args = parser.parse_args()
     receiver = Receiver()
     with tempfile.TemporaryDirectory(prefix="notify-latency-") as workdir:
@@ -261,6 +314,7 @@ def main() -> int:
                 "opsconductor.io", "v1alpha1", NAMESPACE, "opsjobs", "fanout"
             )
             counts = job["status"]["steps"][0]["counts"]
+            burst_messages = run_burst(cluster, custom, receiver, args.burst)
             watcher.stop()
         finally:
             operator.stop()
@@ -273,6 +327,10 @@ def main() -> int:
     print(
         f"\nfan-out over {args.targets} targets: {counts.get('failed')} failed; messages sent per channel: "
         + ", ".join(f"{p.strip('/')}={n}" for p, n in sorted(fanout_messages.items()))
+    )
+    print(
+        f"burst of {args.burst} separate failing jobs: {burst_messages.get('/burst', 0)} messages without"
+        f" grouping, {burst_messages.get('/digest', 0)} with groupWindowSeconds: 10"
     )
     return 0
 

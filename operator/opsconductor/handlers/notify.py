@@ -277,6 +277,8 @@ class Notifier:
     async def start(self) -> None:
         """Start the evaluator tasks (on the running loop)."""
         self._client = httpx.AsyncClient()
+        # kopf may run startup handlers side by side: make sure the client is configured.
+        await asyncio.to_thread(kube.load_configuration)
         policies = await asyncio.to_thread(
             kube.custom().list_cluster_custom_object, GROUP, VERSION, NOTIFICATIONPOLICY.plural
         )
