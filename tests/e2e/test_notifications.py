@@ -34,6 +34,7 @@ from tests.kube import Kubectl, wait_until
 
 PREFIX = "nfy-"
 SMTP_PASSWORD = "canary-smtp-pw-5d1e"
+WRONG_PASSWORD = "canary-wrong-pw-31b0"
 HMAC_KEY = "canary-hmac-key-77aa"
 URL_TOKEN = "canary-token-9f3c"
 
@@ -214,7 +215,57 @@ spec:
     assert "probe on local" in parts["text/plain"] and "<b>probe</b>" in parts["text/html"]
     assert record["attempts"] == 1 and record["recipients"] == ["dba@example.com", "ops@example.com"]
     assert ("Normal", "NotificationSent") in [(t, r) for t, r, _ in event_reasons(k, "disk-check")]
+
+    # A wrong password: the relay refuses, the record says why, the password appears nowhere.
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "bad-mail"},
+        "stringData": {"username": "opsconductor", "password": WRONG_PASSWORD, "ca.crt": smtp.ca_pem},
+    }
+    k.apply(json.dumps(secret))
+    k.apply(f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: Credential
+metadata: {{name: bad-mail}}
+spec:
+  type: SMTP
+  secretRef: {{name: bad-mail}}
+  smtp: {{host: 127.0.0.1, port: {smtp.port}, sender: opsconductor@example.com}}
+""")
+    k.apply(
+        failing_job("bad-login", "[{events: [Failed], channelRef: {name: bad-mail}, to: [ops@example.com]}]")
+    )
+    (failed,) = wait_records(k, "bad-login", {"Failed"})
+    assert failed["attempts"] == 4 and "SMTPAuthenticationError" in failed["lastError"], failed
+    assert len(smtp.mails) == before + 1
+    dump = k.run("get", "opsjobs,credentials,events", "-o", "json").stdout + notify_operator.log.read_text()
+    assert WRONG_PASSWORD not in dump
     assert_no_canary(k, notify_operator)
+
+    # A test message through the email channel, to an address given on the command line.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "opsconductor.cli",
+            "notify",
+            "test",
+            "team-mail",
+            "-n",
+            k.namespace,
+            "--to",
+            "me@example.com",
+        ],
+        env={**os.environ, "KUBECONFIG": str(k.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("Sent"), result.stdout + result.stderr
+    test_mail = smtp.wait_for(before + 2)[before + 1]
+    assert test_mail.rcpt_tos == ["me@example.com"]
+    assert test_mail.message["Subject"] == "[OpsConductor] test notification via team-mail"
 
 
 def test_slack_teams_and_signed_webhook_payloads(
