@@ -90,6 +90,8 @@ from opsconductor.notify.rules import (
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
+REASON_ACCEPTED = "Accepted"
+"""NotificationPolicy condition reason: the policy is in use as written."""
 CHANNEL_CACHE_SECONDS = 10.0
 
 
@@ -814,9 +816,9 @@ def policy_status_patch(policy: Manifest) -> Manifest | None:
             conditions, c.STALLED, "True", c.REASON_INVALID_SPEC, message, generation
         )
     else:
-        conditions = c.set_condition(conditions, c.READY, "True", "Accepted", "", generation)
-        conditions = c.set_condition(conditions, c.STALLED, "False", "Accepted", "", generation)
-    conditions = c.set_condition(conditions, c.RECONCILING, "False", "Accepted", "", generation)
+        conditions = c.set_condition(conditions, c.READY, "True", REASON_ACCEPTED, "", generation)
+        conditions = c.set_condition(conditions, c.STALLED, "False", REASON_ACCEPTED, "", generation)
+    conditions = c.set_condition(conditions, c.RECONCILING, "False", REASON_ACCEPTED, "", generation)
     patch = {"observedGeneration": generation, "conditions": conditions}
     if status.get("observedGeneration") == generation and _strip(status.get("conditions")) == _strip(
         conditions
