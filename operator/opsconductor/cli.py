@@ -23,6 +23,7 @@ from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
 from opsconductor.api.opsjob import step_types
 from opsconductor.constants import ANNOTATION_CREATED_BY, ANNOTATION_STARTED_BY, runner_pod_name
 from opsconductor.localrun import add_run_parser
+from opsconductor.notify.cli import add_notify_parser
 from opsconductor.probecli import ProbeCommandError, format_probe, probe_target
 from opsconductor.results import format_results
 
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, default=120, help="seconds to wait with --wait")
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     probe.set_defaults(func=_cmd_probe)
+    add_notify_parser(sub)
     return parser
 
 

@@ -54,3 +54,11 @@ LABEL_TARGET_UID = f"{GROUP}/target-uid"
 """On probe pods: the Target's uid (a Target re-created under the same name is another Target)."""
 COMPONENT_PROBE = "probe"
 PROBE_CONTAINER = "probe"
+
+# Notifications (issue 6): test notifications through a channel Credential's annotations.
+ANNOTATION_NOTIFY_TEST = f"{GROUP}/notify-test"
+"""On a channel Credential: a new value (a nonce) asks the operator for a test notification."""
+ANNOTATION_NOTIFY_TEST_TO = f"{GROUP}/notify-test-to"
+"""On an SMTP Credential: comma-separated addresses the test notification goes to."""
+ANNOTATION_NOTIFY_TEST_RESULT = f"{GROUP}/notify-test-result"
+"""Written by the operator: ``<nonce> Sent`` or ``<nonce> Failed: <why>``."""

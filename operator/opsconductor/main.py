@@ -199,3 +199,54 @@ def watch_credential_expiry(body: kopf.Body, stopped: kopf.DaemonStopped, **_: A
     """Flip Expiring and Ready on time, not up to a day late."""
     meta = body["metadata"]
     credential_handlers.watch_expiry(meta["namespace"], meta["name"], body, stopped)
+
+
+# --- notifications (issue 6): see handlers/notify.py and docs/notifications.md ----------------
+# Imported here so this section stays self-contained (other sections are edited in parallel).
+from opsconductor.api import CREDENTIAL, NOTIFICATIONPOLICY  # noqa: E402
+from opsconductor.constants import ANNOTATION_NOTIFY_TEST  # noqa: E402
+from opsconductor.handlers import notify  # noqa: E402
+
+NOTIFIER = notify.Notifier(notify.NotifySettings.from_env())
+
+
+@kopf.on.startup()
+async def start_notifier(**_: Any) -> None:
+    """Start the notifier's evaluators on kopf's loop."""
+    await NOTIFIER.start()
+
+
+@kopf.on.cleanup()
+async def stop_notifier(**_: Any) -> None:
+    """Stop deliveries; unsent records stay Pending in status for the next start."""
+    await NOTIFIER.stop()
+
+
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="notify")
+async def notify_opsjob(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every OpsJob event: queue notification work when the run reached a new event (never blocks)."""
+    if type != "DELETED":
+        NOTIFIER.job_event(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, NOTIFICATIONPOLICY.plural, id="notify-policy")
+def notify_policy(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Track namespaces with NotificationPolicies and keep each policy's status current."""
+    meta = body["metadata"]
+    NOTIFIER.policy_event(meta["namespace"], meta["name"], deleted=type == "DELETED")
+    patch = None if type == "DELETED" else notify.policy_status_patch(dict(body))
+    if patch is not None:
+        kube.patch_status(NOTIFICATIONPOLICY.plural, meta["namespace"], meta["name"], patch, None)
+
+
+@kopf.on.event(
+    GROUP,
+    VERSION,
+    CREDENTIAL.plural,
+    id="notify-test",
+    annotations={ANNOTATION_NOTIFY_TEST: kopf.PRESENT},
+)
+async def notify_test(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """``opsconductor notify test``: a channel Credential asked for a test notification."""
+    if type != "DELETED":
+        NOTIFIER.credential_event(dict(body))

@@ -57,7 +57,7 @@ SCHEDULE_LAG = Histogram(
 )
 NOTIFICATIONS = Counter(
     "opsconductor_notifications_total",
-    "Notification delivery attempts, by channel type and result (sent, failed, held, dropped).",
+    "Notification deliveries by channel type and result: sent, retry, failed, held, dropped, template_error.",
     ["channel", "result"],
     registry=REGISTRY,
 )
@@ -122,6 +122,11 @@ def observe_runner_pod(uid: str, pod: dict[str, Any] | None) -> None:
         else:
             _active_pods.add(uid)
         ACTIVE_RUNNER_PODS.set(len(_active_pods))
+
+
+def count_notification(channel_type: str, result: str) -> None:
+    """Count one notification outcome (the notifier calls this; ``any`` when not tied to a channel)."""
+    NOTIFICATIONS.labels(channel_type, result).inc()
 
 
 P = ParamSpec("P")

@@ -53,7 +53,7 @@ SECRET_KEYS: dict[str, dict[str, tuple[str, bool]]] = {
         "authPassword": ("auth-password", True),
         "privacyPassword": ("privacy-password", True),
     },
-    "SMTP": {"username": ("username", True), "password": ("password", True)},
+    "SMTP": {"username": ("username", True), "password": ("password", True), "ca": ("ca.crt", True)},
     "SlackWebhook": {"url": ("url", False)},
     "TeamsWebhook": {"url": ("url", False)},
     "Webhook": {"url": ("url", False), "hmacKey": ("hmac-key", True)},
@@ -124,6 +124,13 @@ class SmtpSettings(ApiModel):
     """From address."""
 
 
+class WebhookSettings(ApiModel):
+    """Non-secret settings of a generic Webhook channel."""
+
+    headers: Annotated[dict[str, Annotated[str, Field(max_length=1024)]], Field(max_length=32)] | None = None
+    """Extra HTTP headers sent with every delivery (not secret: secrets belong in the Secret)."""
+
+
 class CredentialSpec(ApiModel):
     """The desired state of a Credential."""
 
@@ -144,6 +151,11 @@ class CredentialSpec(ApiModel):
                 "type SMTP needs smtp.host and smtp.sender, and smtp settings apply only to type SMTP",
                 field_path=".smtp",
             ),
+            cel(
+                "self.type == 'Webhook' || !has(self.webhook)",
+                "webhook settings apply only to type Webhook",
+                field_path=".webhook",
+            ),
         )
     )
 
@@ -162,6 +174,8 @@ class CredentialSpec(ApiModel):
     """Kerberos: realm settings."""
     smtp: SmtpSettings | None = None
     """SMTP: the relay."""
+    webhook: WebhookSettings | None = None
+    """Webhook: extra headers."""
     expiry_warning_days: Annotated[int, Field(ge=0, le=3650)] = 30
     """Set the Expiring condition this many days before a certificate's notAfter."""
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from opsconductor.api._base import GROUP, VERSION, ApiModel, cel
 from opsconductor.api.credential import CredentialSpec, CredentialStatus
+from opsconductor.api.notification import NotificationPolicySpec, NotificationPolicyStatus
 from opsconductor.api.opsjob import OpsJobSpec, OpsJobStatus
 from opsconductor.api.opsschedule import OpsScheduleSpec, OpsScheduleStatus
 from opsconductor.api.target import TargetSpec, TargetStatus
@@ -149,4 +150,17 @@ OPSSCHEDULE = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (TARGET, CREDENTIAL, OPSJOB, OPSSCHEDULE)
+NOTIFICATIONPOLICY = Kind(
+    kind="NotificationPolicy",
+    plural="notificationpolicies",
+    short_names=("notifypol",),
+    spec=NotificationPolicySpec,
+    status=NotificationPolicyStatus,
+    description="Namespace-wide notification rules and recipients with their preferences.",
+    columns=(
+        PrinterColumn("Recipients", ".spec.recipients[*].name"),
+        AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (TARGET, CREDENTIAL, OPSJOB, OPSSCHEDULE, NOTIFICATIONPOLICY)

@@ -28,7 +28,7 @@ from opsconductor.api._base import (
     cel,
     validations,
 )
-from opsconductor.api.notification import NotifyRule
+from opsconductor.api.notification import NotificationStatus, NotifyRule
 
 MAX_STEPS = 50
 MAX_TARGET_NAMES = 500
@@ -607,3 +607,5 @@ class OpsJobStatus(CommonStatus):
     """Per-step status, keyed by step name."""
     message: Annotated[str, Field(max_length=4096)] = ""
     """Why the run failed, when it did."""
+    notifications: NotificationStatus | None = None
+    """Notification deliveries for this run (written by the operator's notifier)."""

@@ -159,6 +159,19 @@ class ActiveRun(ApiModel):
     """The fire it belongs to."""
 
 
+class CountedRun(ApiModel):
+    """The last finished run counted into ``consecutiveFailures`` (so no run is counted twice)."""
+
+    name: ObjectName
+    """OpsJob name."""
+    uid: Annotated[str, Field(max_length=64)]
+    """OpsJob uid."""
+    completion_time: datetime | None = None
+    """When it finished; runs finishing earlier than this are not counted."""
+    failures_before: Annotated[int, Field(ge=0)] = 0
+    """``consecutiveFailures`` before this run was counted."""
+
+
 class OpsScheduleStatus(CommonStatus):
     """The observed state of an OpsSchedule."""
 
@@ -176,3 +189,5 @@ class OpsScheduleStatus(CommonStatus):
     """Outcome of the last finished run."""
     consecutive_failures: Annotated[int, Field(ge=0)] = 0
     """Failed runs in a row (escalation rules use it)."""
+    last_counted_run: CountedRun | None = None
+    """The run last counted into ``consecutiveFailures`` (written by the notifier)."""
