@@ -33,6 +33,8 @@ class Config:
             (``OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS``).
         resync_seconds: how often running jobs are re-checked against their runner pod even
             without events (``OPSCONDUCTOR_RESYNC_SECONDS``).
+        shared_windows_namespace: where MaintenanceWindows referenced with ``scope: Cluster`` live
+            (``OPSCONDUCTOR_SHARED_WINDOWS_NAMESPACE``).
     """
 
     runner_image: str = DEFAULT_RUNNER_IMAGE
@@ -43,6 +45,7 @@ class Config:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     dependency_wait_seconds: int = 60
     resync_seconds: int = 30
+    shared_windows_namespace: str = "opsconductor-system"
 
     @classmethod
     def from_env(cls) -> Config:
@@ -57,4 +60,5 @@ class Config:
             namespaces=_env_list("OPSCONDUCTOR_NAMESPACES"),
             dependency_wait_seconds=int(env.get("OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS", "60")),
             resync_seconds=int(env.get("OPSCONDUCTOR_RESYNC_SECONDS", "30")),
+            shared_windows_namespace=env.get("OPSCONDUCTOR_SHARED_WINDOWS_NAMESPACE", "opsconductor-system"),
         )

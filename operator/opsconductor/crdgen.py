@@ -39,7 +39,13 @@ HEADER = (
 )
 
 # metadata.name limits: names end up in label values (63) and in names derived from them.
-NAME_MAX_LENGTH = {"Target": 63, "Credential": 253, "OpsJob": 63, "OpsSchedule": 52}
+NAME_MAX_LENGTH = {
+    "Target": 63,
+    "Credential": 253,
+    "OpsJob": 63,
+    "OpsSchedule": 52,
+    "MaintenanceWindow": 253,
+}
 
 _DROP_KEYS = {"title", "discriminator", "examples", "additionalProperties", "propertyNames"}
 

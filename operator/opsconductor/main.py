@@ -14,10 +14,10 @@ from typing import Any
 import kopf
 
 from opsconductor import kube
-from opsconductor.api import GROUP, OPSJOB, VERSION
+from opsconductor.api import GROUP, OPSJOB, OPSSCHEDULE, VERSION
 from opsconductor.config import Config
-from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
-from opsconductor.handlers import opsjob
+from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB, LABEL_SCHEDULE
+from opsconductor.handlers import opsjob, opsschedule
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
 CONFIG = Config.from_env()
@@ -90,3 +90,35 @@ async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) 
     if delay > 0 and await stopped.wait(delay):
         return
     await asyncio.to_thread(opsjob.delete_expired, dict(body))
+
+
+# --- OpsSchedule (issue 5) --------------------------------------------------------------------
+# kopf only delivers events; the scheduler's own loop fires runs (handlers/opsschedule.py).
+
+
+@kopf.on.startup()
+def start_scheduler(**_: Any) -> None:
+    """Start the scheduler loop (after ``configure`` loaded the client configuration)."""
+    opsschedule.scheduler(CONFIG.shared_windows_namespace).start()
+
+
+@kopf.on.cleanup()
+def stop_scheduler(**_: Any) -> None:
+    """Stop the scheduler loop."""
+    opsschedule.scheduler().stop()
+
+
+@kopf.on.event(GROUP, VERSION, OPSSCHEDULE.plural)
+def opsschedule_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every OpsSchedule event (including the initial listing): (re)register the schedule."""
+    meta = body["metadata"]
+    if type == "DELETED":
+        opsschedule.scheduler().remove(meta["namespace"], meta["name"])
+    else:
+        opsschedule.scheduler().upsert(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, labels={LABEL_SCHEDULE: kopf.PRESENT})
+def scheduled_run_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A run of a schedule changed: the schedule's status, retries, dependents and history follow."""
+    opsschedule.scheduler().job_event(dict(body), deleted=type == "DELETED")

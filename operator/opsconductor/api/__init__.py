@@ -4,13 +4,14 @@
 """
 
 from opsconductor.api._base import API_VERSION, GROUP, VERSION
-from opsconductor.api.kinds import CREDENTIAL, KINDS, OPSJOB, OPSSCHEDULE, TARGET, Kind
+from opsconductor.api.kinds import CREDENTIAL, KINDS, MAINTENANCEWINDOW, OPSJOB, OPSSCHEDULE, TARGET, Kind
 
 __all__ = [
     "API_VERSION",
     "CREDENTIAL",
     "GROUP",
     "KINDS",
+    "MAINTENANCEWINDOW",
     "OPSJOB",
     "OPSSCHEDULE",
     "TARGET",

@@ -1,0 +1,273 @@
+"""OpsSchedule end to end on the local control plane, with the operator on a controllable clock.
+
+Every test moves the fake clock across fire times instead of waiting for them; what the operator
+creates (OpsJobs, named after their fire), writes (status) and reports (Events) is read back from
+the API server. Runs are real: runner pods POST to a local HTTP server (success or failure chosen by
+``expectStatus``) or wait (to keep a run active).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from opsconductor.constants import (
+    ANNOTATION_ATTEMPT,
+    ANNOTATION_RETRY_OF,
+    ANNOTATION_SCHEDULED_TIME,
+    ANNOTATION_STARTED_BY,
+)
+from opsconductor.localcluster.operatorprocess import OperatorProcess
+from opsconductor.reconcile.opsschedule import fire_key, run_name
+from tests.e2e.conftest import wait_phase
+from tests.e2e.schedule_fixtures import (  # noqa: F401  (fixtures)
+    FakeClock,
+    fake_clock,
+    runs,
+    schedule_events,
+    schedule_operator,
+    schedule_status,
+    sk,
+    wait_runs,
+)
+from tests.e2e.servers import recording_server
+from tests.kube import Kubectl, wait_until
+
+WAIT_STEP = "[{name: hold, type: wait, seconds: 3600}]"
+
+
+def schedule(name: str, steps: str, extra: str = "", cron: str = "*/10 * * * *") -> str:
+    return f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsSchedule
+metadata: {{name: {name}}}
+spec:
+  schedules: ["{cron}"]
+{extra}
+  jobTemplate:
+    metadata: {{labels: {{team: ops}}}}
+    spec:
+      steps: {steps}
+"""
+
+
+def post_step(url: str, expect: int = 200) -> str:
+    return f"[{{name: post, type: http.post, url: '{url}', expectStatus: [{expect}]}}]"
+
+
+def test_a_fire_creates_one_run_with_links_status_and_columns(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    with recording_server() as server:
+        sk.apply(schedule("every10", post_step(f"{server.url}/fired")))
+        status = wait_until(
+            lambda: schedule_status(sk, "every10").get("nextScheduleTime"), what="nextScheduleTime"
+        )
+        assert status == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert runs(sk, "every10") == []
+        fake_clock.set(day + timedelta(seconds=1))
+        (run,) = wait_runs(sk, "every10", 1)
+        assert run["metadata"]["name"] == run_name("every10", fire_key(day))
+        annotations = run["metadata"]["annotations"]
+        assert annotations[ANNOTATION_SCHEDULED_TIME] == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert annotations[ANNOTATION_STARTED_BY] == "opsschedule/every10"
+        assert annotations[ANNOTATION_ATTEMPT] == "1"
+        assert run["metadata"]["labels"]["team"] == "ops"
+        assert run["metadata"]["ownerReferences"][0]["kind"] == "OpsSchedule"
+        assert wait_phase(sk, run["metadata"]["name"])["status"]["phase"] == "Succeeded"
+        assert server.count("/fired") == 1
+
+    def settled() -> dict[str, object] | None:
+        s = schedule_status(sk, "every10")
+        return s if s.get("lastResult") == "Succeeded" and s.get("activeCount") == 0 else None
+
+    status = wait_until(settled, what="the schedule's status to show the result")
+    assert status["lastScheduleTime"] == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status["nextScheduleTime"] == (day + timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status["lastSuccessfulTime"]
+    ready = {c["type"]: c for c in status["conditions"]}["Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "Scheduled"
+    header = sk.run("get", "opsschedule", "every10").stdout.splitlines()[0].split()
+    assert header[:6] == ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST"]
+    # Nothing more fires before the next fire time, however often the schedule is looked at.
+    sk.run("annotate", "opsschedule", "every10", "touch=1")
+    fake_clock.set(day + timedelta(minutes=9, seconds=50))
+    assert len(runs(sk, "every10")) == 1
+
+
+def test_forbid_skips_a_fire_while_a_run_is_active_with_an_event(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("forbid", WAIT_STEP, "  concurrencyPolicy: Forbid"))
+    wait_until(lambda: schedule_status(sk, "forbid").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+    (first,) = wait_runs(sk, "forbid", 1)
+    wait_until(lambda: schedule_status(sk, "forbid").get("activeCount") == 1, what="the active run")
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))
+    wait_until(
+        lambda: any(r == "ConcurrencyForbid" for _, r, _ in schedule_events(sk, "forbid")),
+        what="the Forbid skip event",
+    )
+    assert [j["metadata"]["name"] for j in runs(sk, "forbid")] == [first["metadata"]["name"]]
+
+
+def test_replace_cancels_the_active_run_and_starts_the_new_one(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("replace", WAIT_STEP, "  concurrencyPolicy: Replace"))
+    wait_until(lambda: schedule_status(sk, "replace").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+    (first,) = wait_runs(sk, "replace", 1)
+    wait_phase(sk, first["metadata"]["name"], ("Running",))
+    wait_until(lambda: schedule_status(sk, "replace").get("activeCount") == 1, what="the active run")
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))
+    second = wait_runs(sk, "replace", 2)[1]
+    assert second["metadata"]["name"] == run_name("replace", fire_key(day + timedelta(minutes=10)))
+    assert wait_phase(sk, first["metadata"]["name"])["status"]["phase"] == "Cancelled"
+
+
+def test_allow_overlaps(sk: Kubectl, fake_clock: FakeClock) -> None:  # noqa: F811
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("allow", WAIT_STEP, "  concurrencyPolicy: Allow"))
+    wait_until(lambda: schedule_status(sk, "allow").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+    wait_runs(sk, "allow", 1)
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))
+    wait_runs(sk, "allow", 2)
+    wait_until(lambda: schedule_status(sk, "allow").get("activeCount") == 2, what="two active runs")
+
+
+def test_downtime_runs_the_latest_missed_fire_once_and_no_burst(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+    schedule_operator: OperatorProcess,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    with recording_server() as server:
+        sk.apply(schedule("downtime", post_step(f"{server.url}/x"), "  concurrencyPolicy: Allow"))
+        wait_until(lambda: schedule_status(sk, "downtime").get("nextScheduleTime"), what="registration")
+        schedule_operator.stop()
+        fake_clock.set(day + timedelta(hours=5, minutes=3))  # 31 fires missed
+        schedule_operator.start()
+        (run,) = wait_runs(sk, "downtime", 1)
+        assert run["metadata"]["name"] == run_name("downtime", fire_key(day + timedelta(hours=5)))
+        wait_until(
+            lambda: any(r == "MissedRunsSkipped" for _, r, _ in schedule_events(sk, "downtime")),
+            what="the missed-runs event",
+        )
+        message = next(m for _, r, m in schedule_events(sk, "downtime") if r == "MissedRunsSkipped")
+        assert "30 missed fire(s)" in message
+
+
+def test_an_operator_restart_right_after_a_fire_creates_no_second_run(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+    schedule_operator: OperatorProcess,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("restart", WAIT_STEP, "  concurrencyPolicy: Allow"))
+    wait_until(lambda: schedule_status(sk, "restart").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+    wait_runs(sk, "restart", 1)
+    # Killed before (or while) it recorded the fire in the status: the run's name is the fire's, so the
+    # restarted operator's decision (RunLatest) meets a 409 and the schedule still has one run.
+    schedule_operator.kill()
+    schedule_operator.start()
+    wait_until(lambda: schedule_status(sk, "restart").get("activeCount") == 1, what="status after restart")
+    assert len(runs(sk, "restart")) == 1
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))
+    wait_runs(sk, "restart", 2)
+
+
+def test_starting_deadline_skips_a_late_fire_with_an_event(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+    schedule_operator: OperatorProcess,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("deadline", WAIT_STEP, "  startingDeadlineSeconds: 60"))
+    wait_until(lambda: schedule_status(sk, "deadline").get("nextScheduleTime"), what="registration")
+    schedule_operator.stop()
+    fake_clock.set(day + timedelta(minutes=3))
+    schedule_operator.start()
+    wait_until(
+        lambda: any(r == "DeadlinePassed" for _, r, _ in schedule_events(sk, "deadline")),
+        what="the deadline event",
+    )
+    assert runs(sk, "deadline") == []
+
+
+def test_blackout_window_skips_and_defer_runs_at_the_window_end(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    window = "{name: night, weekly: [{days: [Mon, Tue, Wed, Thu, Fri, Sat, Sun], start: '00:05', end: '00:25'}]}"
+    sk.apply(
+        schedule("skipper", WAIT_STEP, f"  concurrencyPolicy: Allow\n  windows: {{blackout: [{window}]}}")
+    )
+    sk.apply(
+        schedule(
+            "deferrer",
+            WAIT_STEP,
+            f"  concurrencyPolicy: Allow\n  windows: {{blackout: [{window}], blackoutPolicy: Defer}}",
+        )
+    )
+    for name in ("skipper", "deferrer"):
+        wait_until(lambda n=name: schedule_status(sk, n).get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+    wait_runs(sk, "skipper", 1)
+    wait_runs(sk, "deferrer", 1)
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))  # 00:10: inside the blackout
+    wait_until(
+        lambda: any(r == "BlackoutWindow" and "night" in m for _, r, m in schedule_events(sk, "skipper")),
+        what="the blackout skip event",
+    )
+    assert schedule_status(sk, "deferrer").get("nextScheduleTime") == (day + timedelta(minutes=25)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    fake_clock.set(day + timedelta(minutes=25, seconds=1))  # the window's end: 00:10 and 00:20 -> one run
+    deferred = wait_runs(sk, "deferrer", 2)[1]
+    assert deferred["metadata"]["name"] == run_name("deferrer", fire_key(day + timedelta(minutes=20)))
+    assert len(runs(sk, "skipper")) == 1
+
+
+def test_failed_runs_are_retried_with_backoff_as_linked_attempts(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    with recording_server(status=500) as server:
+        sk.apply(
+            schedule(
+                "retrying",
+                post_step(f"{server.url}/flaky"),
+                "  retry: {limit: 2, backoffSeconds: 60, maxBackoffSeconds: 600}\n  failedJobsHistoryLimit: 5",
+                cron="0 * * * *",
+            )
+        )
+        wait_until(lambda: schedule_status(sk, "retrying").get("nextScheduleTime"), what="registration")
+        fake_clock.set(day + timedelta(seconds=1))
+        (first,) = wait_runs(sk, "retrying", 1)
+        assert wait_phase(sk, first["metadata"]["name"])["status"]["phase"] == "Failed"
+        assert len(runs(sk, "retrying")) == 1  # the backoff has not passed
+        fake_clock.set(fake_clock.now() + timedelta(seconds=61))
+        second = wait_runs(sk, "retrying", 2)[1]
+        assert second["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2"
+        assert second["metadata"]["annotations"][ANNOTATION_RETRY_OF] == first["metadata"]["name"]
+        assert second["metadata"]["annotations"][ANNOTATION_SCHEDULED_TIME] == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+        wait_phase(sk, second["metadata"]["name"])
+        fake_clock.set(fake_clock.now() + timedelta(seconds=61))
+        assert len(runs(sk, "retrying")) == 2  # the second backoff is 120 s
+        fake_clock.set(fake_clock.now() + timedelta(seconds=60))
+        third = wait_runs(sk, "retrying", 3)[2]
+        assert third["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "3"
+        wait_phase(sk, third["metadata"]["name"])
+        fake_clock.set(fake_clock.now() + timedelta(seconds=600))
+        assert len(runs(sk, "retrying")) == 3  # limit 2: spent
+        assert server.count("/flaky") == 3
