@@ -232,10 +232,10 @@ def create_custom(plural: str, namespace: str, body: Manifest) -> Manifest:
 
 
 def post_event(obj: Manifest, event_type: str, reason: str, message: str, when: datetime) -> None:
-    """Record a core/v1 Event about ``obj`` (for code outside kopf handlers, where ``kopf.event`` has no context)."""
+    """Record a core/v1 Event about ``obj`` (outside kopf handlers ``kopf.event`` has no context)."""
     meta = obj["metadata"]
     stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    body = {
+    body: Manifest = {
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": obj.get("apiVersion", ""),
@@ -254,4 +254,5 @@ def post_event(obj: Manifest, event_type: str, reason: str, message: str, when: 
         "reportingComponent": "opsconductor",
         "reportingInstance": "opsconductor",
     }
-    core().create_namespaced_event(meta["namespace"], body, _preload_content=False)
+    # A plain dict body is sent as is (the client serialises dicts unchanged).
+    core().create_namespaced_event(meta["namespace"], body, _preload_content=False)  # type: ignore[arg-type]

@@ -120,5 +120,5 @@ def opsschedule_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, OPSJOB.plural, labels={LABEL_SCHEDULE: kopf.PRESENT})
 def scheduled_run_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """A run of a schedule changed: the schedule's status, retries, dependents and history follow."""
+    """Follow a run of a schedule: its status, retries, dependents and history."""
     opsschedule.scheduler().job_event(dict(body), deleted=type == "DELETED")

@@ -78,7 +78,9 @@ def schedule_operator(
 
 
 @pytest.fixture
-def sk(kubectl: Kubectl, request: pytest.FixtureRequest, schedule_operator: OperatorProcess) -> Iterator[Kubectl]:
+def sk(
+    kubectl: Kubectl, request: pytest.FixtureRequest, schedule_operator: OperatorProcess
+) -> Iterator[Kubectl]:
     """kubectl in a fresh namespace the fake-clock operator watches."""
     for name in fresh_namespace(kubectl, request, SCHEDULE_PREFIX):
         yield kubectl.with_namespace(name)

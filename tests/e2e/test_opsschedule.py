@@ -8,7 +8,14 @@ the API server. Runs are real: runner pods POST to a local HTTP server (success 
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
 
 from opsconductor.constants import (
     ANNOTATION_ATTEMPT,
@@ -207,7 +214,9 @@ def test_blackout_window_skips_and_defer_runs_at_the_window_end(
     fake_clock: FakeClock,  # noqa: F811
 ) -> None:
     day = fake_clock.fresh_start()
-    window = "{name: night, weekly: [{days: [Mon, Tue, Wed, Thu, Fri, Sat, Sun], start: '00:05', end: '00:25'}]}"
+    window = (
+        "{name: night, weekly: [{days: [Mon, Tue, Wed, Thu, Fri, Sat, Sun], start: '00:05', end: '00:25'}]}"
+    )
     sk.apply(
         schedule("skipper", WAIT_STEP, f"  concurrencyPolicy: Allow\n  windows: {{blackout: [{window}]}}")
     )
@@ -247,7 +256,8 @@ def test_failed_runs_are_retried_with_backoff_as_linked_attempts(
             schedule(
                 "retrying",
                 post_step(f"{server.url}/flaky"),
-                "  retry: {limit: 2, backoffSeconds: 60, maxBackoffSeconds: 600}\n  failedJobsHistoryLimit: 5",
+                "  retry: {limit: 2, backoffSeconds: 60, maxBackoffSeconds: 600}\n"
+                "  failedJobsHistoryLimit: 5",
                 cron="0 * * * *",
             )
         )
@@ -260,7 +270,9 @@ def test_failed_runs_are_retried_with_backoff_as_linked_attempts(
         second = wait_runs(sk, "retrying", 2)[1]
         assert second["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2"
         assert second["metadata"]["annotations"][ANNOTATION_RETRY_OF] == first["metadata"]["name"]
-        assert second["metadata"]["annotations"][ANNOTATION_SCHEDULED_TIME] == day.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert second["metadata"]["annotations"][ANNOTATION_SCHEDULED_TIME] == day.strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         wait_phase(sk, second["metadata"]["name"])
         fake_clock.set(fake_clock.now() + timedelta(seconds=61))
         assert len(runs(sk, "retrying")) == 2  # the second backoff is 120 s
@@ -271,3 +283,282 @@ def test_failed_runs_are_retried_with_backoff_as_linked_attempts(
         fake_clock.set(fake_clock.now() + timedelta(seconds=600))
         assert len(runs(sk, "retrying")) == 3  # limit 2: spent
         assert server.count("/flaky") == 3
+
+
+def test_manual_trigger_with_the_cli_creates_a_run_now(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    fake_clock.fresh_start()
+    sk.apply(schedule("manual", WAIT_STEP, "  suspend: true"))
+    wait_until(lambda: schedule_status(sk, "manual").get("conditions"), what="registration")
+    result = subprocess.run(
+        [sys.executable, "-m", "opsconductor.cli", "trigger", "opsschedule/manual", "-n", sk.namespace],
+        env={**os.environ, "KUBECONFIG": str(sk.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    name = result.stdout.strip().removeprefix("opsjob/")
+    (run,) = wait_runs(sk, "manual", 1)
+    assert run["metadata"]["name"] == name
+    # The admin kubeconfig's user, as the API server reports it (SelfSubjectReview).
+    assert run["metadata"]["annotations"][ANNOTATION_STARTED_BY].startswith("user:")
+    assert run["metadata"]["annotations"][ANNOTATION_STARTED_BY] != "user:unknown"
+    wait_until(lambda: schedule_status(sk, "manual").get("lastTrigger"), what="the trigger recorded")
+    sk.run("annotate", "opsschedule", "manual", "unrelated=1")  # a later change does not re-trigger
+    wait_until(lambda: schedule_status(sk, "manual").get("activeCount") == 1, what="status")
+    assert len(runs(sk, "manual")) == 1
+
+
+def test_an_edit_never_fires_an_extra_run(sk: Kubectl, fake_clock: FakeClock) -> None:  # noqa: F811
+    day = fake_clock.fresh_start()
+    sk.apply(schedule("edited", WAIT_STEP, "  concurrencyPolicy: Allow", cron="0 * * * *"))
+    wait_until(lambda: schedule_status(sk, "edited").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(minutes=30))
+    # A new cron whose fires (every 5 minutes) lie in the past of this hour: none may run now.
+    sk.apply(schedule("edited", WAIT_STEP, "  concurrencyPolicy: Allow", cron="*/5 * * * *"))
+    wait_until(
+        lambda: (
+            schedule_status(sk, "edited").get("observedGeneration") == 2
+            and schedule_status(sk, "edited").get("nextScheduleTime")
+            == (day + timedelta(minutes=35)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        what="the edit to be observed",
+    )
+    assert runs(sk, "edited") == []
+    fake_clock.set(day + timedelta(minutes=35, seconds=1))
+    (run,) = wait_runs(sk, "edited", 1)
+    assert run["metadata"]["name"] == run_name("edited", fire_key(day + timedelta(minutes=35)))
+
+
+def test_an_unknown_time_zone_stalls_with_a_clear_message(sk: Kubectl, fake_clock: FakeClock) -> None:  # noqa: F811
+    fake_clock.fresh_start()
+    sk.apply(schedule("atlantis", WAIT_STEP, "  timeZone: Europe/Atlantis"))
+
+    def stalled() -> dict[str, str] | None:
+        found = {c["type"]: c for c in schedule_status(sk, "atlantis").get("conditions") or []}
+        return found.get("Stalled") if found.get("Stalled", {}).get("status") == "True" else None
+
+    condition = wait_until(stalled, what="Stalled")
+    assert condition["reason"] == "InvalidSpec"
+    assert "unknown time zone 'Europe/Atlantis'" in condition["message"]
+
+
+def test_a_schedule_runs_after_another_schedules_successful_run(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    with recording_server() as server:
+        sk.apply(schedule("upstream", post_step(f"{server.url}/up"), cron="0 * * * *"))
+        sk.apply(
+            f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsSchedule
+metadata: {{name: downstream}}
+spec:
+  after: [{{opsSchedule: upstream, result: Succeeded}}]
+  jobTemplate:
+    spec:
+      steps: {post_step(f"{server.url}/down")}
+"""
+        )
+        wait_until(lambda: schedule_status(sk, "upstream").get("nextScheduleTime"), what="registration")
+        wait_until(lambda: schedule_status(sk, "downstream").get("conditions"), what="registration")
+        fake_clock.set(day + timedelta(seconds=1))
+        (up,) = wait_runs(sk, "upstream", 1)
+        wait_phase(sk, up["metadata"]["name"])
+        (down,) = wait_runs(sk, "downstream", 1)
+        assert down["metadata"]["annotations"][ANNOTATION_STARTED_BY] == f"opsjob/{up['metadata']['name']}"
+        assert wait_phase(sk, down["metadata"]["name"])["status"]["phase"] == "Succeeded"
+        assert server.count("/up") == 1 and server.count("/down") == 1
+
+
+def test_schedules_waiting_for_each_other_are_rejected_as_a_cycle(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    fake_clock.fresh_start()
+    for name, other in (("ping", "pong"), ("pong", "ping")):
+        sk.apply(
+            f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsSchedule
+metadata: {{name: {name}}}
+spec:
+  after: [{{opsSchedule: {other}}}]
+  jobTemplate: {{spec: {{steps: {WAIT_STEP}}}}}
+"""
+        )
+
+    def cycle_reported() -> bool:
+        found = {c["type"]: c for c in schedule_status(sk, "pong").get("conditions") or []}
+        return found.get("Stalled", {}).get("reason") == "DependencyCycle"
+
+    wait_until(cycle_reported, what="the cycle condition")
+    message = {c["type"]: c for c in schedule_status(sk, "pong")["conditions"]}["Stalled"]["message"]
+    assert "pong -> ping -> pong" in message
+
+
+def test_an_opsjob_waits_for_its_dependency_then_runs_or_fails(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    fake_clock.fresh_start()
+    with recording_server() as server:
+        job = """
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsJob
+metadata: {{name: {name}}}
+spec:
+  {after}
+  steps: {steps}
+"""
+        sk.apply(
+            job.format(
+                name="second",
+                after="after: [{opsJob: first, result: Succeeded}]",
+                steps=post_step(f"{server.url}/second"),
+            )
+        )
+        sk.apply(job.format(name="never", after="after: [{opsJob: first, result: Failed}]", steps=WAIT_STEP))
+
+        def waiting() -> bool:
+            status = sk.get("opsjob", "second").get("status") or {}
+            ready = {c["type"]: c for c in status.get("conditions") or []}.get("Ready", {})
+            return status.get("phase") == "Pending" and ready.get("reason") == "WaitingForRun"
+
+        wait_until(waiting, what="second to wait for first")
+        assert server.count("/second") == 0
+        sk.apply(job.format(name="first", after="", steps=post_step(f"{server.url}/first")))
+        assert wait_phase(sk, "second")["status"]["phase"] == "Succeeded"
+        assert server.count("/first") == 1 and server.count("/second") == 1
+        never = wait_phase(sk, "never")
+        assert never["status"]["phase"] == "Failed"
+        reasons = {c["type"]: c["reason"] for c in never["status"]["conditions"]}
+        assert reasons["Ready"] == "DependencyFailed"
+
+
+def test_an_opsjob_dependency_times_out_on_the_operator_clock(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    fake_clock.fresh_start()
+    sk.apply(
+        f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsJob
+metadata: {{name: patient}}
+spec:
+  after: [{{opsJob: missing, timeoutSeconds: 600}}]
+  steps: {WAIT_STEP}
+"""
+    )
+    wait_phase(sk, "patient", ("Pending",))
+    wait_until(
+        lambda: (
+            {
+                c["type"]: c["reason"] for c in sk.get("opsjob", "patient")["status"].get("conditions") or []
+            }.get("Ready")
+            == "WaitingForRun"
+        ),
+        what="the wait",
+    )
+    fake_clock.set(fake_clock.now() + timedelta(seconds=601))
+    failed = wait_phase(sk, "patient")
+    assert {c["type"]: c["reason"] for c in failed["status"]["conditions"]}["Ready"] == "DependencyTimeout"
+
+
+def test_history_limits_delete_old_runs(sk: Kubectl, fake_clock: FakeClock) -> None:  # noqa: F811
+    day = fake_clock.fresh_start()
+    with recording_server() as server:
+        sk.apply(
+            schedule(
+                "history",
+                post_step(f"{server.url}/h"),
+                "  successfulJobsHistoryLimit: 2\n  concurrencyPolicy: Allow",
+            )
+        )
+        wait_until(lambda: schedule_status(sk, "history").get("nextScheduleTime"), what="registration")
+        for index in range(4):
+            fake_clock.set(day + timedelta(minutes=10 * index, seconds=1))
+            name = run_name("history", fire_key(day + timedelta(minutes=10 * index)))
+            wait_until(lambda n=name: sk.run("get", "opsjob", n, check=False).returncode == 0, what=name)
+            wait_phase(sk, name)
+        final = run_name("history", fire_key(day + timedelta(minutes=30)))
+        previous = run_name("history", fire_key(day + timedelta(minutes=20)))
+        wait_until(
+            lambda: sorted(j["metadata"]["name"] for j in runs(sk, "history")) == sorted([previous, final]),
+            what="the two newest runs to remain",
+        )
+
+
+def test_a_shared_maintenance_window_blacks_out_a_schedule(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(
+        """
+apiVersion: opsconductor.io/v1alpha1
+kind: MaintenanceWindow
+metadata: {name: change-freeze}
+spec:
+  description: year-end change freeze
+  timeZone: UTC
+  blackout: [{name: freeze, cron: "5 0 * * *", durationMinutes: 30}]
+"""
+    )
+    sk.apply(
+        schedule(
+            "frozen",
+            WAIT_STEP,
+            "  concurrencyPolicy: Allow\n  windows: {refs: [{name: change-freeze}]}",
+        )
+    )
+    wait_until(lambda: schedule_status(sk, "frozen").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(minutes=10, seconds=1))
+    wait_until(
+        lambda: any(r == "BlackoutWindow" and "freeze" in m for _, r, m in schedule_events(sk, "frozen")),
+        what="the shared window's skip",
+    )
+    fake_clock.set(day + timedelta(minutes=40, seconds=1))
+    (run,) = wait_runs(sk, "frozen", 1)
+    assert run["metadata"]["name"] == run_name("frozen", fire_key(day + timedelta(minutes=40)))
+
+
+EXAMPLE_SCHEDULES = sorted((Path(__file__).resolve().parents[2] / "examples" / "opsschedules").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_SCHEDULES, ids=lambda p: p.stem)
+def test_example_schedule_fires_its_next_run(
+    path: Path,
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    fake_clock.fresh_start()
+    sk.run("apply", "-f", str(path))
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    cron_schedules = [
+        d["metadata"]["name"] for d in documents if d["kind"] == "OpsSchedule" and d["spec"].get("schedules")
+    ]
+    assert cron_schedules
+    for name in cron_schedules:
+        upcoming = wait_until(
+            lambda n=name: schedule_status(sk, n).get("nextScheduleTime"), what=f"{name}'s next run"
+        )
+        at = datetime.fromisoformat(upcoming.replace("Z", "+00:00"))
+        fake_clock.set(at + timedelta(seconds=1))
+        (run,) = wait_runs(sk, name, 1)
+        assert run["metadata"]["annotations"][ANNOTATION_STARTED_BY] == f"opsschedule/{name}"
+    for document in documents:
+        if document["kind"] == "OpsSchedule":
+            ready = wait_until(
+                lambda n=document["metadata"]["name"]: {
+                    c["type"]: c for c in schedule_status(sk, n).get("conditions") or []
+                }.get("Ready"),
+                what="Ready",
+            )
+            assert ready["status"] == "True", ready

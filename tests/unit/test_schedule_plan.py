@@ -52,7 +52,9 @@ def test_no_hundred_miss_cutoff() -> None:
 
 
 def test_run_all_catches_up_to_the_bound_oldest_first() -> None:
-    plan = rs.plan_fires(schedule(missedRuns="RunAll", maxMissedRuns=3), utc(2026, 1, 1), utc(2026, 1, 1, 1, 5))
+    plan = rs.plan_fires(
+        schedule(missedRuns="RunAll", maxMissedRuns=3), utc(2026, 1, 1), utc(2026, 1, 1, 1, 5)
+    )
     assert plan.run == [utc(2026, 1, 1, 0, 40), utc(2026, 1, 1, 0, 50), utc(2026, 1, 1, 1, 0)]
     assert "3 missed fire(s)" in plan.skipped[0].message
 
@@ -155,7 +157,10 @@ def job(name: str, phase: str, completed: str | None = None, attempt: int = 1) -
             "name": name,
             "uid": name,
             "labels": {LABEL_SCHEDULE: "s"},
-            "annotations": {ANNOTATION_SCHEDULED_TIME: "2026-01-01T00:00:00Z", ANNOTATION_ATTEMPT: str(attempt)},
+            "annotations": {
+                ANNOTATION_SCHEDULED_TIME: "2026-01-01T00:00:00Z",
+                ANNOTATION_ATTEMPT: str(attempt),
+            },
             "creationTimestamp": "2026-01-01T00:00:00Z",
         },
         "status": {"phase": phase, **({"completionTime": completed} if completed else {})},

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
 from opsconductor import clock, kube
@@ -40,6 +41,7 @@ from opsconductor.constants import (
 )
 from opsconductor.reconcile import opsschedule as rs
 from opsconductor.reconcile.cron import InvalidSchedule
+from opsconductor.reconcile.dependencies import result_matches
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]
@@ -118,6 +120,8 @@ class Scheduler:
         self._fire_pool = ThreadPoolExecutor(max_workers=fire_threads, thread_name_prefix="fire")
         self._after_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="schedule-status")
         self._window_cache: dict[Key, tuple[float, Manifest | None]] = {}
+        self._dependents: dict[Key, set[str]] = {}
+        """(namespace, upstream schedule) -> names of the schedules that run after it."""
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,7 +163,7 @@ class Scheduler:
 
     # --- inputs from kopf -------------------------------------------------------------------
     def upsert(self, body: Manifest) -> None:
-        """A schedule was created or changed (or listed at startup): (re)parse it and evaluate it now."""
+        """Register a created, changed or (at startup) listed schedule: parse it and evaluate it now."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         now = clock.now()
@@ -183,21 +187,44 @@ class Scheduler:
             elif meta.get("generation") != entry.body["metadata"].get("generation"):
                 # An edit never fires an extra run: fires up to now count as decided.
                 entry.horizon = max(entry.horizon, now)
+            elif not self._triggered(entry, meta):
+                entry.body = body  # our own status write, a label: nothing to decide
+                return
             entry.body = body
         annotations = meta.get("annotations") or {}
-        token = annotations.get(ANNOTATION_TRIGGER)
-        if token and token != entry.last_trigger:
-            entry.trigger = (token, annotations.get(ANNOTATION_TRIGGERED_BY) or "unknown")
+        if self._triggered(entry, meta):
+            entry.trigger = (
+                annotations[ANNOTATION_TRIGGER],
+                annotations.get(ANNOTATION_TRIGGERED_BY) or "unknown",
+            )
         self._parse(entry)
         self._wake_at(entry, now)
 
+    @staticmethod
+    def _triggered(entry: Entry, meta: Manifest) -> bool:
+        token = (meta.get("annotations") or {}).get(ANNOTATION_TRIGGER)
+        return (
+            bool(token)
+            and token != entry.last_trigger
+            and (entry.trigger is None or entry.trigger[0] != token)
+        )
+
     def remove(self, namespace: str, name: str) -> None:
-        """The schedule was deleted: forget it (its OpsJobs go with it, by owner reference)."""
+        """Forget a deleted schedule (its OpsJobs go with it, by owner reference)."""
         with self._cv:
             self._entries.pop((namespace, name), None)
+            stalled = [
+                e
+                for e in self._entries.values()
+                if e.namespace == namespace and e.error is not None and e.error[0] == REASON_DEPENDENCY_CYCLE
+            ]
+        for entry in stalled:  # the cycle may be broken now
+            entry.error = None
+            self._parse(entry)
+            self._wake_at(entry, clock.now())
 
     def job_event(self, job: Manifest, deleted: bool) -> None:
-        """A run of some schedule changed: update the schedule's view, plan retries and releases."""
+        """Follow a change of a schedule's run: update the schedule's view, plan retries and releases."""
         meta = job["metadata"]
         schedule_name = (meta.get("labels") or {}).get(LABEL_SCHEDULE)
         if not schedule_name:
@@ -251,6 +278,10 @@ class Scheduler:
             entry.parsed = None
             entry.error = (c.REASON_INVALID_SPEC, str(error))
             return
+        for dependents in self._dependents.values():
+            dependents.discard(entry.name)
+        for dependency in spec.get("after") or []:
+            self._dependents.setdefault((entry.namespace, dependency["opsSchedule"]), set()).add(entry.name)
         edges = {
             e.name: [a["opsSchedule"] for a in e.spec.get("after") or []]
             for e in list(self._entries.values())
@@ -260,6 +291,13 @@ class Scheduler:
         if cycle:
             entry.parsed = None
             entry.error = (REASON_DEPENDENCY_CYCLE, "dependency cycle: " + " -> ".join(cycle))
+            for member in cycle[1:-1]:  # the others learn it too (they were parsed before the cycle closed)
+                other = self._entries.get((entry.namespace, member))
+                if other is not None and other.error is None:
+                    other.parsed = None
+                    rotated = [*cycle[cycle.index(member) : -1], *cycle[: cycle.index(member) + 1]]
+                    other.error = (REASON_DEPENDENCY_CYCLE, "dependency cycle: " + " -> ".join(rotated))
+                    self._wake_at(other, clock.now())
 
     # --- evaluation -------------------------------------------------------------------------
     def _evaluate_safely(self, entry: Entry) -> None:
@@ -293,6 +331,11 @@ class Scheduler:
             if entry.error is not None:
                 self._after_pool.submit(self._write_status_safely, entry)
                 return
+            if (entry.spec.get("windows") or {}).get("refs"):
+                self._parse(entry)  # shared windows may have changed (read through a short cache)
+                if entry.error is not None:
+                    self._after_pool.submit(self._write_status_safely, entry)
+                    return
             assert entry.parsed is not None
             if not entry.seeded:
                 self._seed(entry)
@@ -369,7 +412,8 @@ class Scheduler:
                     rs.Skip(
                         fire,
                         "ConcurrencyForbid",
-                        f"run {name} not started: {', '.join(active)} still running (concurrencyPolicy Forbid)",
+                        f"run {name} not started: {', '.join(active)} still running "
+                        "(concurrencyPolicy Forbid)",
                     )
                 ],
             )
@@ -428,16 +472,14 @@ class Scheduler:
         entry.retries.setdefault(next_name, (clock.now() + delay, failed))
 
     def _release_dependents(self, upstream_entry: Entry, run: rs.RunInfo) -> None:
-        """A run of this schedule ended: release schedules that run ``after`` it (without cron)."""
-        for entry in list(self._entries.values()):
-            if (
-                entry.namespace != upstream_entry.namespace
-                or entry.parsed is None
-                or entry.parsed.expressions
-            ):
+        """Release the schedules that run ``after`` this schedule (without cron of their own)."""
+        names = self._dependents.get(upstream_entry.key, set())
+        for name in list(names):
+            entry = self._entries.get((upstream_entry.namespace, name))
+            if entry is None or entry.parsed is None or entry.parsed.expressions:
                 continue
             for dependency in entry.spec.get("after") or []:
-                if dependency["opsSchedule"] == upstream_entry.name and rs.result_matches(
+                if dependency["opsSchedule"] == upstream_entry.name and result_matches(
                     dependency.get("result", "Succeeded"), run.phase
                 ):
                     if not entry.parsed.suspend:
@@ -478,7 +520,9 @@ class Scheduler:
                     OPSJOB.plural,
                     name,
                     propagation_policy="Background",
-                    body={"preconditions": {"uid": info.uid}} if info and info.uid else None,
+                    body=V1DeleteOptions(preconditions=V1Preconditions(uid=info.uid))
+                    if info and info.uid
+                    else None,
                 )
             except ApiException as error:
                 if error.status not in (404, 409):
@@ -559,7 +603,7 @@ SCHEDULER: Scheduler | None = None
 
 
 def scheduler(shared_windows_namespace: str = "opsconductor-system") -> Scheduler:
-    """The process's scheduler (created on first use)."""
+    """Return the process's scheduler (created on first use)."""
     global SCHEDULER
     if SCHEDULER is None:
         SCHEDULER = Scheduler(shared_windows_namespace)

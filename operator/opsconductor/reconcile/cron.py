@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-# Upper bound of a UTC offset change (no zone changes by more than this at once); the wall-clock
-# enumeration starts this far before the instant asked about so that no fire is missed.
+# Upper bound of a UTC offset change (no zone changes by more than this at once); the backwards
+# enumeration starts this far after the instant asked about so that no fire is missed.
 _MAX_SHIFT = timedelta(hours=3)
 
 
@@ -54,7 +54,7 @@ def check_expression(expression: str) -> None:
 
 
 def _transition_after(zone: ZoneInfo, low: datetime, high: datetime) -> datetime:
-    """The first UTC instant in (low, high] whose UTC offset differs from ``low``'s (bisection)."""
+    """Return the first UTC instant in (low, high] whose UTC offset differs from ``low``'s (bisection)."""
     offset = low.astimezone(zone).utcoffset()
     while (high - low) > timedelta(seconds=1):
         middle = low + (high - low) / 2
@@ -79,8 +79,11 @@ def wall_to_utc(wall: datetime, zone: ZoneInfo) -> datetime:
 
 
 def _expression_fires(expression: str, zone: ZoneInfo, after: datetime) -> Iterator[datetime]:
-    start_wall = (after - _MAX_SHIFT).astimezone(zone).replace(tzinfo=None)
-    walls = croniter(expression, start_wall - timedelta(seconds=1), ret_type=datetime)
+    # Start at the wall-clock reading of ``after``: it maps to ``after`` or earlier (a repeated time
+    # maps to its first occurrence), and the mapping is monotonic, so no earlier wall-clock time can
+    # fire after ``after``.
+    start_wall = after.astimezone(zone).replace(tzinfo=None)
+    walls = croniter(expression, start_wall, ret_type=datetime)
     previous: datetime | None = None
     while True:
         instant = wall_to_utc(walls.get_next(datetime), zone)
@@ -105,14 +108,14 @@ def fires_after(expressions: Sequence[str], zone: ZoneInfo, after: datetime) -> 
 
 
 def next_fire(expressions: Sequence[str], zone: ZoneInfo, after: datetime) -> datetime:
-    """The first fire strictly after ``after``."""
+    """Return the first fire strictly after ``after``."""
     return next(fires_after(expressions, zone, after))
 
 
 def fires_between(
     expressions: Sequence[str], zone: ZoneInfo, after: datetime, until: datetime, limit: int = 100_000
 ) -> list[datetime]:
-    """The fires in ``(after, until]``, at most ``limit`` of them (the earliest)."""
+    """Return the fires in ``(after, until]``, at most ``limit`` of them (the earliest)."""
     result: list[datetime] = []
     for instant in fires_after(expressions, zone, after):
         if instant > until or len(result) >= limit:
@@ -124,7 +127,7 @@ def fires_between(
 def latest_fire_at_or_before(
     expressions: Sequence[str], zone: ZoneInfo, instant: datetime, horizon: timedelta
 ) -> datetime | None:
-    """The last fire in ``(instant - horizon, instant]``, or None."""
+    """Return the last fire in ``(instant - horizon, instant]``, or None."""
     latest: datetime | None = None
     for fire in fires_after(expressions, zone, instant - horizon):
         if fire > instant:
@@ -150,7 +153,7 @@ def _expression_fires_descending(expression: str, zone: ZoneInfo, until: datetim
 
 
 def latest_fires(expressions: Sequence[str], zone: ZoneInfo, until: datetime, count: int) -> list[datetime]:
-    """The last ``count`` fires at or before ``until``, newest first (cheap however far back they are)."""
+    """Return the last ``count`` fires at or before ``until``, newest first (cheap however far back)."""
     result: list[datetime] = []
     merged = heapq.merge(
         *(_expression_fires_descending(e, zone, until) for e in expressions), key=lambda d: -d.timestamp()

@@ -226,7 +226,7 @@ def next_decision_time(schedule: ParsedSchedule, horizon: datetime) -> datetime 
 
 
 def next_run_time(schedule: ParsedSchedule, after: datetime, look_ahead: int = 50) -> datetime | None:
-    """The next instant a fire will actually run (after windows), within ``look_ahead`` fires."""
+    """Return the next instant a fire will actually run (after windows), within ``look_ahead`` fires."""
     if schedule.suspend or not schedule.expressions:
         return None
     for index, fire in enumerate(cron.fires_after(schedule.expressions, schedule.zone, after)):
@@ -253,7 +253,7 @@ def _fit(schedule_name: str, suffix: str) -> str:
 
 
 def fire_key(fire: datetime) -> str:
-    """The part of a run's name that identifies a cron fire: minutes since the epoch (as CronJob does)."""
+    """Return the part of a run's name naming a cron fire: minutes since the epoch (as CronJob does)."""
     return str(int(fire.timestamp()) // 60)
 
 
@@ -292,7 +292,7 @@ def build_run(
     retry_of: str | None = None,
     extra_after: list[Manifest] | None = None,
 ) -> Manifest:
-    """The OpsJob for one fire of ``schedule``: template + links back to the schedule and the fire.
+    """Return the OpsJob for one fire of ``schedule``: template + links back to the schedule and the fire.
 
     Args:
         schedule: the OpsSchedule manifest.
@@ -342,7 +342,7 @@ def build_run(
 
 
 def concurrency_action(policy: str, active: list[str]) -> Literal["create", "skip", "replace"]:
-    """What a fire does given the runs still active: create, skip (Forbid), or replace them."""
+    """Return what a fire does given the runs still active: create, skip (Forbid), or replace them."""
     if not active or policy == "Allow":
         return "create"
     return "skip" if policy == "Forbid" else "replace"
@@ -420,7 +420,7 @@ def runs_to_delete(runs: list[RunInfo], successful_limit: int, failed_limit: int
 
 
 def summarize_runs(runs: list[RunInfo]) -> Manifest:
-    """The run-derived status fields: active runs, last result, last successful time."""
+    """Return the run-derived status fields: active runs, last result, last successful time."""
     active = sorted(
         (r for r in runs if not r.finished),
         key=lambda r: (r.created or datetime.min.replace(tzinfo=UTC), r.name),
@@ -446,7 +446,7 @@ def summarize_runs(runs: list[RunInfo]) -> Manifest:
 
 # --- dependencies ---------------------------------------------------------------------------
 def dependency_cycle(name: str, edges: dict[str, list[str]]) -> list[str] | None:
-    """The cycle through ``name`` in the after-graph (schedule -> schedules it waits for), or None."""
+    """Return the cycle through ``name`` in the after-graph (schedule -> schedules it waits for), or None."""
     stack: list[tuple[str, list[str]]] = [(name, [name])]
     seen: set[str] = set()
     while stack:
@@ -458,12 +458,3 @@ def dependency_cycle(name: str, edges: dict[str, list[str]]) -> list[str] | None
                 seen.add(upstream)
                 stack.append((upstream, [*path, upstream]))
     return None
-
-
-def result_matches(wanted: str, phase: str) -> bool:
-    """Whether a finished run's phase releases a dependent (Succeeded / Failed / Any)."""
-    if wanted == "Any":
-        return phase in TERMINAL
-    if wanted == "Failed":
-        return phase in ("Failed", "Cancelled")
-    return phase == wanted

@@ -76,7 +76,7 @@ def parse_window(raw: dict[str, object], default_zone: str) -> Window:
 
 
 def _weekly_ranges_around(window: Window, instant: datetime) -> list[tuple[datetime, datetime]]:
-    """The window's ranges that start from two days before ``instant``'s local date to a week after."""
+    """Return the window's ranges that start from two days before ``instant``'s local date to a week after."""
     local_date = instant.astimezone(window.zone).date()
     ranges: list[tuple[datetime, datetime]] = []
     for offset in range(-2, 9):
@@ -93,7 +93,7 @@ def _weekly_ranges_around(window: Window, instant: datetime) -> list[tuple[datet
 
 
 def range_containing(window: Window, instant: datetime) -> tuple[datetime, datetime] | None:
-    """The ``[start, end)`` range of ``window`` that contains ``instant``, or None."""
+    """Return the ``[start, end)`` range of ``window`` that contains ``instant``, or None."""
     if window.cron:
         opened = latest_fire_at_or_before([window.cron], window.zone, instant, window.duration)
         if opened is not None and instant < opened + window.duration:
@@ -106,7 +106,7 @@ def range_containing(window: Window, instant: datetime) -> tuple[datetime, datet
 
 
 def next_opening(window: Window, instant: datetime) -> datetime | None:
-    """The first range start strictly after ``instant`` (within about a week), or None."""
+    """Return the first range start strictly after ``instant`` (within about a week), or None."""
     if window.cron:
         return next(fires_after([window.cron], window.zone, instant), None)
     starts = [start for start, _ in _weekly_ranges_around(window, instant) if start > instant]
@@ -114,7 +114,7 @@ def next_opening(window: Window, instant: datetime) -> datetime | None:
 
 
 def inside_any(windows: tuple[Window, ...], instant: datetime) -> tuple[Window, datetime] | None:
-    """The first window containing ``instant`` and the end of the merged run of windows around it."""
+    """Return the first window containing ``instant`` and the end of the merged run of windows around it."""
     hit: Window | None = None
     end = instant
     for _ in range(_MAX_CHAIN):
