@@ -562,3 +562,44 @@ def test_example_schedule_fires_its_next_run(
                 what="Ready",
             )
             assert ready["status"] == "True", ready
+
+
+def test_a_template_the_api_server_rejects_stalls_the_schedule_with_its_message(
+    sk: Kubectl,  # noqa: F811
+    fake_clock: FakeClock,  # noqa: F811
+) -> None:
+    day = fake_clock.fresh_start()
+    sk.apply(
+        f"""
+apiVersion: opsconductor.io/v1alpha1
+kind: OpsSchedule
+metadata: {{name: badlabel}}
+spec:
+  schedules: ["*/10 * * * *"]
+  jobTemplate:
+    metadata: {{labels: {{team: "a b"}}}}
+    spec: {{steps: {WAIT_STEP}}}
+"""
+    )
+    wait_until(lambda: schedule_status(sk, "badlabel").get("nextScheduleTime"), what="registration")
+    fake_clock.set(day + timedelta(seconds=1))
+
+    def stalled() -> dict[str, str] | None:
+        found = {c["type"]: c for c in schedule_status(sk, "badlabel").get("conditions") or []}
+        return found.get("Stalled") if found.get("Stalled", {}).get("reason") == "RunCreateFailed" else None
+
+    condition = wait_until(stalled, what="RunCreateFailed")
+    assert "team" in condition["message"] and "a b" in condition["message"]
+    assert any(r == "RunCreateFailed" for _, r, _ in schedule_events(sk, "badlabel"))
+    assert runs(sk, "badlabel") == []
+
+
+def test_a_missing_shared_window_stalls_the_schedule(sk: Kubectl, fake_clock: FakeClock) -> None:  # noqa: F811
+    fake_clock.fresh_start()
+    sk.apply(schedule("typo", WAIT_STEP, "  windows: {refs: [{name: chnage-freeze}]}"))
+
+    def stalled() -> dict[str, str] | None:
+        found = {c["type"]: c for c in schedule_status(sk, "typo").get("conditions") or []}
+        return found.get("Stalled") if found.get("Stalled", {}).get("reason") == "WindowNotFound" else None
+
+    assert "chnage-freeze does not exist" in wait_until(stalled, what="WindowNotFound")["message"]

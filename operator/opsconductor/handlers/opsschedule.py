@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 import time
@@ -51,12 +52,21 @@ REASON_SCHEDULED = "Scheduled"
 REASON_SUSPENDED = "Suspended"
 REASON_DEPENDENCY_CYCLE = "DependencyCycle"
 REASON_WINDOW_NOT_FOUND = "WindowNotFound"
+REASON_RUN_CREATE_FAILED = "RunCreateFailed"
 FAKE_CLOCK_POLL_SECONDS = 0.2
 SHARED_WINDOW_CACHE_SECONDS = 10.0
 
 
 def _stamp(instant: datetime) -> str:
     return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api_message(error: ApiException) -> str:
+    """Return the API server's message from an error response (its Status body), else the reason."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -88,6 +98,8 @@ class Entry:
     last_trigger: str | None = None
     last_schedule_time: datetime | None = None
     status_sent: Manifest = field(default_factory=dict)
+    create_error: str | None = None
+    """Why the last run could not be created (the API server rejected the OpsJob)."""
 
     @property
     def key(self) -> Key:
@@ -328,6 +340,10 @@ class Scheduler:
         with entry.lock:
             if self._entries.get(entry.key) is not entry:
                 return
+            if entry.error is not None and entry.error[0] == REASON_WINDOW_NOT_FOUND:
+                self._parse(entry)  # it may exist by now
+                if entry.error is not None:
+                    self._wake_at(entry, clock.now() + timedelta(seconds=SHARED_WINDOW_CACHE_SECONDS))
             if entry.error is not None:
                 self._after_pool.submit(self._write_status_safely, entry)
                 return
@@ -342,10 +358,10 @@ class Scheduler:
             now = clock.now()
             plan = rs.plan_fires(entry.parsed, entry.horizon, now)
             for fire in plan.run:
-                self._start_run(
+                if self._start_run(
                     entry, rs.run_name(entry.name, rs.fire_key(fire)), fire, entry.label, gate=True
-                )
-                entry.last_schedule_time = fire
+                ):
+                    entry.last_schedule_time = fire
             entry.horizon = plan.horizon or entry.horizon
             if entry.trigger is not None:
                 token, user = entry.trigger
@@ -360,6 +376,7 @@ class Scheduler:
                     rs.run_name(entry.name, rs.after_key(upstream.uid)),
                     now,
                     f"opsjob/{upstream.name}",
+                    policy=False,
                 )
             wake = plan.next_wake
             for name, (due, failed) in list(entry.retries.items()):
@@ -394,10 +411,14 @@ class Scheduler:
         retry_of: str | None = None,
         policy: bool = True,
         gate: bool = False,
-    ) -> None:
-        """Create one run, after the concurrency policy; a 409 means this fire's run already exists."""
+    ) -> bool:
+        """Create one run, after the concurrency policy; a 409 means this fire's run already exists.
+
+        Returns:
+            Whether the run exists now (created, or found).
+        """
         if name in entry.runs:
-            return
+            return True
         active = [r.name for r in entry.runs.values() if not r.finished]
         action = (
             rs.concurrency_action(entry.spec.get("concurrencyPolicy") or "Forbid", active)
@@ -417,7 +438,7 @@ class Scheduler:
                     )
                 ],
             )
-            return
+            return False
         if action == "replace":
             for running in active:
                 self._cancel(entry, running)
@@ -435,10 +456,20 @@ class Scheduler:
         try:
             created = kube.create_custom(OPSJOB.plural, entry.namespace, body)
         except ApiException as error:
+            if error.status in (400, 403, 422):
+                # The template cannot become an OpsJob (e.g. a label value the API rejects): the fire is
+                # decided (not retried); the schedule says why until a run is created again.
+                entry.create_error = f"creating run {name} failed: {_api_message(error)}"
+                self._after_pool.submit(
+                    self._post_event, entry, "Warning", REASON_RUN_CREATE_FAILED, entry.create_error
+                )
+                return False
             if error.status != 409:
                 raise
             created = kube.get_custom(OPSJOB.plural, entry.namespace, name) or body
+        entry.create_error = None
         entry.runs.setdefault(name, rs.run_info(created))
+        return True
 
     def _cancel(self, entry: Entry, name: str) -> None:
         try:
@@ -544,12 +575,13 @@ class Scheduler:
             nonlocal conditions
             conditions = c.set_condition(conditions, kind, value, reason, message, generation, stamp)
 
-        if entry.error is not None:
-            reason, message = entry.error
+        if entry.error is not None or entry.create_error is not None:
+            reason, message = entry.error or (REASON_RUN_CREATE_FAILED, entry.create_error or "")
             put(c.READY, "False", reason, message)
             put(c.RECONCILING, "False", reason)
             put(c.STALLED, "True", reason, message)
-            status["nextScheduleTime"] = None
+            if entry.error is not None:
+                status["nextScheduleTime"] = None
         else:
             assert entry.parsed is not None
             upcoming = rs.next_run_time(entry.parsed, max(entry.horizon, clock.now()))
