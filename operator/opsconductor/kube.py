@@ -47,9 +47,10 @@ def current_namespace() -> str:
     return str((context or {}).get("context", {}).get("namespace") or "default")
 
 
-# Handlers run on kopf's thread pool (up to 32 threads) plus our create pool: keep a TLS connection
-# per thread instead of the client's default of 5 per core, which made every burst re-handshake.
-CONNECTION_POOL_SIZE = 64
+# Handlers run on kopf's thread pool (up to 32 threads) plus our create pool and the scheduler's fire
+# pool (48): keep a TLS connection per thread instead of the client's default of 5 per core, which
+# made every burst re-handshake.
+CONNECTION_POOL_SIZE = 128
 
 
 @functools.cache

@@ -121,7 +121,7 @@ class Entry:
 class Scheduler:
     """The process-wide scheduler (one per operator)."""
 
-    def __init__(self, shared_windows_namespace: str = "opsconductor-system", fire_threads: int = 16) -> None:
+    def __init__(self, shared_windows_namespace: str = "opsconductor-system", fire_threads: int = 48) -> None:
         self.shared_windows_namespace = shared_windows_namespace
         self._entries: dict[Key, Entry] = {}
         self._heap: list[tuple[datetime, int, Key, int]] = []
@@ -453,9 +453,13 @@ class Scheduler:
                 for a in entry.spec["after"]
             ]
         body = rs.build_run(entry.body, name, fire, started_by, attempt, retry_of, extra_after)
+        # Known before it exists: a run that ends before the create call returns is still seen to end.
+        entry.runs.setdefault(name, rs.run_info(body))
         try:
             created = kube.create_custom(OPSJOB.plural, entry.namespace, body)
         except ApiException as error:
+            if error.status != 409:
+                entry.runs.pop(name, None)
             if error.status in (400, 403, 422):
                 # The template cannot become an OpsJob (e.g. a label value the API rejects): the fire is
                 # decided (not retried); the schedule says why until a run is created again.
@@ -467,8 +471,18 @@ class Scheduler:
             if error.status != 409:
                 raise
             created = kube.get_custom(OPSJOB.plural, entry.namespace, name) or body
+        else:
+            log.info(
+                "created run %s/%s (fire %s, %.0f ms after it)",
+                entry.namespace,
+                name,
+                _stamp(fire),
+                (clock.now() - fire).total_seconds() * 1000,
+            )
         entry.create_error = None
-        entry.runs.setdefault(name, rs.run_info(created))
+        known = entry.runs.get(name)
+        if known is None or not known.uid:  # still the placeholder: no event about the run yet
+            entry.runs[name] = rs.run_info(created)
         return True
 
     def _cancel(self, entry: Entry, name: str) -> None:
