@@ -604,3 +604,9 @@ def test_a_missing_shared_window_stalls_the_schedule(sk: Kubectl, fake_clock: Fa
         return found.get("Stalled") if found.get("Stalled", {}).get("reason") == "WindowNotFound" else None
 
     assert "chnage-freeze does not exist" in wait_until(stalled, what="WindowNotFound")["message"]
+
+
+def test_the_scheduling_operator_log_shows_no_errors(schedule_operator: OperatorProcess) -> None:  # noqa: F811
+    text = schedule_operator.log.read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "failed; retrying" not in text, text[-3000:]
