@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,11 @@ def _api_message(error: ApiException) -> str:
         return str(json.loads(error.body or "{}").get("message") or error.reason)
     except ValueError:
         return str(error.reason)
+
+
+def _gone(error: ApiException) -> bool:
+    """Tell whether the schedule or its namespace is gone or being deleted (nothing to do or report)."""
+    return error.status == 404 or (error.status == 403 and "being terminated" in _api_message(error))
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -315,8 +321,21 @@ class Scheduler:
     def _evaluate_safely(self, entry: Entry) -> None:
         try:
             self._evaluate(entry)
+        except ApiException as error:
+            if _gone(error):
+                log.info(
+                    "OpsSchedule %s/%s: its namespace is going away (%s)", *entry.key, _api_message(error)
+                )
+                return
+            log.warning(
+                "evaluating OpsSchedule %s/%s: API error %s (%s); again in 5s",
+                *entry.key,
+                error.status,
+                _api_message(error),
+            )
+            self._wake_at(entry, clock.now() + timedelta(seconds=5))
         except Exception:
-            log.exception("evaluating OpsSchedule %s/%s failed; retrying in 5s", entry.namespace, entry.name)
+            log.exception("evaluating OpsSchedule %s/%s failed; again in 5s", *entry.key)
             self._wake_at(entry, clock.now() + timedelta(seconds=5))
 
     def _seed(self, entry: Entry) -> None:
@@ -460,6 +479,9 @@ class Scheduler:
         except ApiException as error:
             if error.status != 409:
                 entry.runs.pop(name, None)
+            if _gone(error):
+                entry.runs.pop(name, None)
+                raise
             if error.status in (400, 403, 422):
                 # The template cannot become an OpsJob (e.g. a label value the API rejects): the fire is
                 # decided (not retried); the schedule says why until a run is created again.
@@ -534,17 +556,28 @@ class Scheduler:
 
     # --- status, events, history ------------------------------------------------------------
     def _after_evaluation(self, entry: Entry) -> None:
-        try:
-            self._prune(entry)
-            self._write_status(entry)
-        except Exception:
-            log.exception("updating OpsSchedule %s/%s status failed", entry.namespace, entry.name)
+        self._guarded("updating the history and status of", entry, self._prune, self._write_status)
 
     def _write_status_safely(self, entry: Entry) -> None:
+        self._guarded("updating the status of", entry, self._write_status)
+
+    def _guarded(self, what: str, entry: Entry, *steps: Callable[[Entry], None]) -> None:
+        """Run follow-up steps; API errors are logged in one line (the next evaluation tries again)."""
         try:
-            self._write_status(entry)
+            for step in steps:
+                step(entry)
+        except ApiException as error:
+            level = logging.INFO if _gone(error) else logging.WARNING
+            log.log(
+                level,
+                "%s OpsSchedule %s/%s: API error %s (%s)",
+                what,
+                *entry.key,
+                error.status,
+                _api_message(error),
+            )
         except Exception:
-            log.exception("updating OpsSchedule %s/%s status failed", entry.namespace, entry.name)
+            log.exception("%s OpsSchedule %s/%s failed", what, *entry.key)
 
     def _prune(self, entry: Entry) -> None:
         spec = entry.spec
@@ -639,10 +672,11 @@ class Scheduler:
             )
 
     def _post_event(self, entry: Entry, event_type: str, reason: str, message: str) -> None:
-        try:
-            kube.post_event(entry.body, event_type, reason, message, clock.now())
-        except Exception:
-            log.exception("posting an Event on OpsSchedule %s/%s failed", entry.namespace, entry.name)
+        self._guarded(
+            f"posting Event {reason} on",
+            entry,
+            lambda e: kube.post_event(e.body, event_type, reason, message, clock.now()),
+        )
 
 
 SCHEDULER: Scheduler | None = None
