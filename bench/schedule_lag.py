@@ -292,8 +292,6 @@ def run(plane: ControlPlane, operator: OperatorProcess, count: int, minutes: int
             f"ratio p99 ours/kcm: {percentile(our_lags, 0.99) / max(percentile(peer_lags, 0.99), 1e-6):.2f}x "
             f"ratio p50: {percentile(our_lags, 0.5) / max(percentile(peer_lags, 0.5), 1e-6):.2f}x"
         )
-    if os.environ.get("BENCH_DEBUG"):
-        print("sample ours:", sorted(ours)[:3], "sample peer:", sorted(peer)[:3])
     # The operator logs each run it creates with its lag when the create call returned: what the
     # scheduler itself saw, apart from watch delivery to this process.
     created_lags = []
