@@ -10,21 +10,30 @@ import argparse
 import json
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import kubernetes
 import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from opsconductor import kube
-from opsconductor.api import API_VERSION, KINDS, OPSJOB, Kind
+from opsconductor.api import API_VERSION, GROUP, KINDS, OPSJOB, OPSSCHEDULE, VERSION, Kind
 from opsconductor.api.opsjob import step_types
-from opsconductor.constants import ANNOTATION_CREATED_BY, ANNOTATION_STARTED_BY, runner_pod_name
+from opsconductor.constants import (
+    ANNOTATION_CREATED_BY,
+    ANNOTATION_STARTED_BY,
+    ANNOTATION_TRIGGER,
+    ANNOTATION_TRIGGERED_BY,
+    runner_pod_name,
+)
 from opsconductor.localrun import add_run_parser
 from opsconductor.notify.cli import add_notify_parser
 from opsconductor.probecli import ProbeCommandError, format_probe, probe_target
+from opsconductor.reconcile.opsschedule import manual_key, run_name
 from opsconductor.results import format_results
 
 _KIND_BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
@@ -247,6 +256,46 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0 if outcome.get("reachable") else 3
 
 
+def _whoami() -> str:
+    """Return the user name the API server knows us by (SelfSubjectReview), or "unknown"."""
+    try:
+        review = kubernetes.client.AuthenticationV1Api(kube.custom().api_client).create_self_subject_review(
+            kubernetes.client.V1SelfSubjectReview(
+                api_version="authentication.k8s.io/v1", kind="SelfSubjectReview"
+            )
+        )
+        user = review.status.user_info if review.status else None
+        return str(user.username) if user and user.username else "unknown"
+    except ApiException:
+        return "unknown"
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    kind, _, name = args.ref.partition("/")
+    if kind.lower() not in ("opsschedule", "opsschedules", "osch") or not name:
+        print("usage: opsconductor trigger opsschedule/NAME", file=sys.stderr)
+        return 2
+    kube.load_configuration()
+    namespace = args.namespace or kube.current_namespace()
+    if kube.get_custom(OPSSCHEDULE.plural, namespace, name) is None:
+        print(f"opsschedule {namespace}/{name} not found", file=sys.stderr)
+        return 1
+    token = uuid.uuid4().hex[:16]
+    annotations = {ANNOTATION_TRIGGER: token, ANNOTATION_TRIGGERED_BY: _whoami()}
+    kube.custom().patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, OPSSCHEDULE.plural, name, {"metadata": {"annotations": annotations}}
+    )
+    expected = run_name(name, manual_key(token))
+    deadline = time.monotonic() + args.timeout
+    while kube.get_custom(OPSJOB.plural, namespace, expected) is None:
+        if time.monotonic() > deadline:
+            print(f"the operator has not created {expected} within {args.timeout}s", file=sys.stderr)
+            return 1
+        time.sleep(0.3)
+    print(f"opsjob/{expected}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
@@ -283,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     probe.set_defaults(func=_cmd_probe)
     add_notify_parser(sub)
+    trigger = sub.add_parser("trigger", help="start a run of an OpsSchedule now; prints the OpsJob's name")
+    trigger.add_argument("ref", help="opsschedule/NAME")
+    trigger.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    trigger.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the run to appear")
+    trigger.set_defaults(func=_cmd_trigger)
     return parser
 
 

@@ -35,6 +35,8 @@ class Config:
             without events (``OPSCONDUCTOR_RESYNC_SECONDS``).
         metrics_address: ``host:port`` to serve Prometheus metrics on; empty = none
             (``OPSCONDUCTOR_METRICS_ADDRESS``).
+        shared_windows_namespace: where MaintenanceWindows referenced with ``scope: Cluster`` live
+            (``OPSCONDUCTOR_SHARED_WINDOWS_NAMESPACE``).
     """
 
     runner_image: str = DEFAULT_RUNNER_IMAGE
@@ -46,6 +48,7 @@ class Config:
     dependency_wait_seconds: int = 60
     resync_seconds: int = 30
     metrics_address: str = ""
+    shared_windows_namespace: str = "opsconductor-system"
 
     @classmethod
     def from_env(cls) -> Config:
@@ -61,4 +64,5 @@ class Config:
             dependency_wait_seconds=int(env.get("OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS", "60")),
             resync_seconds=int(env.get("OPSCONDUCTOR_RESYNC_SECONDS", "30")),
             metrics_address=env.get("OPSCONDUCTOR_METRICS_ADDRESS", ""),
+            shared_windows_namespace=env.get("OPSCONDUCTOR_SHARED_WINDOWS_NAMESPACE", "opsconductor-system"),
         )

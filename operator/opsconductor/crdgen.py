@@ -45,6 +45,7 @@ NAME_MAX_LENGTH = {
     "OpsJob": 63,
     "OpsSchedule": 52,
     "NotificationPolicy": 253,
+    "MaintenanceWindow": 253,
 }
 
 _DROP_KEYS = {"title", "discriminator", "examples", "additionalProperties", "propertyNames"}

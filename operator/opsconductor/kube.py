@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import kubernetes
@@ -46,9 +47,10 @@ def current_namespace() -> str:
     return str((context or {}).get("context", {}).get("namespace") or "default")
 
 
-# Handlers run on kopf's thread pool (up to 32 threads) plus our create pool: keep a TLS connection
-# per thread instead of the client's default of 5 per core, which made every burst re-handshake.
-CONNECTION_POOL_SIZE = 64
+# Handlers run on kopf's thread pool (up to 32 threads) plus our create pool and the scheduler's fire
+# pool (48): keep a TLS connection per thread instead of the client's default of 5 per core, which
+# made every burst re-handshake.
+CONNECTION_POOL_SIZE = 128
 
 
 @functools.cache
@@ -229,3 +231,38 @@ def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
             return None
         raise
     return dict(_json_body(response).get("data") or {})
+
+
+def create_custom(plural: str, namespace: str, body: Manifest) -> Manifest:
+    """Create one of our objects; returns it as created (409 and other errors raise ``ApiException``)."""
+    response = custom().create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body, _preload_content=False
+    )
+    return _json_body(response)
+
+
+def post_event(obj: Manifest, event_type: str, reason: str, message: str, when: datetime) -> None:
+    """Record a core/v1 Event about ``obj`` (outside kopf handlers ``kopf.event`` has no context)."""
+    meta = obj["metadata"]
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    body: Manifest = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", ""),
+            "kind": obj.get("kind", ""),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": "opsconductor"},
+        "reportingComponent": "opsconductor",
+        "reportingInstance": "opsconductor",
+    }
+    # A plain dict body is sent as is (the client serialises dicts unchanged).
+    core().create_namespaced_event(meta["namespace"], body, _preload_content=False)  # type: ignore[arg-type]

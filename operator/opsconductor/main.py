@@ -14,10 +14,10 @@ from typing import Any
 import kopf
 
 from opsconductor import kube, metrics
-from opsconductor.api import GROUP, OPSJOB, VERSION
+from opsconductor.api import GROUP, OPSJOB, OPSSCHEDULE, VERSION
 from opsconductor.config import Config
-from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB
-from opsconductor.handlers import opsjob
+from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB, LABEL_SCHEDULE
+from opsconductor.handlers import opsjob, opsschedule
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
 CONFIG = Config.from_env()
@@ -250,3 +250,35 @@ async def notify_test(body: kopf.Body, type: str | None, **_: Any) -> None:
     """``opsconductor notify test``: a channel Credential asked for a test notification."""
     if type != "DELETED":
         NOTIFIER.credential_event(dict(body))
+
+
+# --- OpsSchedule (issue 5) --------------------------------------------------------------------
+# kopf only delivers events; the scheduler's own loop fires runs (handlers/opsschedule.py).
+
+
+@kopf.on.startup()
+def start_scheduler(**_: Any) -> None:
+    """Start the scheduler loop (after ``configure`` loaded the client configuration)."""
+    opsschedule.scheduler(CONFIG.shared_windows_namespace).start()
+
+
+@kopf.on.cleanup()
+def stop_scheduler(**_: Any) -> None:
+    """Stop the scheduler loop."""
+    opsschedule.scheduler().stop()
+
+
+@kopf.on.event(GROUP, VERSION, OPSSCHEDULE.plural)
+def opsschedule_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every OpsSchedule event (including the initial listing): (re)register the schedule."""
+    meta = body["metadata"]
+    if type == "DELETED":
+        opsschedule.scheduler().remove(meta["namespace"], meta["name"])
+    else:
+        opsschedule.scheduler().upsert(dict(body))
+
+
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, labels={LABEL_SCHEDULE: kopf.PRESENT})
+def scheduled_run_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Follow a run of a schedule: its status, retries, dependents and history."""
+    opsschedule.scheduler().job_event(dict(body), deleted=type == "DELETED")

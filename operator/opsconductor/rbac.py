@@ -19,7 +19,9 @@ OPERATOR_CLUSTER_ROLE = "opsconductor-controller"
 _PLURALS = [kind.plural for kind in KINDS]
 
 OPERATOR_RULES: list[dict[str, Any]] = [
-    # Watch our kinds; OpsSchedules create OpsJobs; TTL deletes finished OpsJobs.
+    # Watch our kinds (MaintenanceWindows are only read); OpsSchedules create OpsJobs, cancel them
+    # (concurrencyPolicy Replace patches spec.cancel) and delete them past the history limits; TTL
+    # deletes finished OpsJobs.
     {"apiGroups": [GROUP], "resources": _PLURALS, "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": ["opsjobs"], "verbs": ["create", "delete"]},
     {

@@ -4,13 +4,23 @@
 """
 
 from opsconductor.api._base import API_VERSION, GROUP, VERSION
-from opsconductor.api.kinds import CREDENTIAL, KINDS, NOTIFICATIONPOLICY, OPSJOB, OPSSCHEDULE, TARGET, Kind
+from opsconductor.api.kinds import (
+    CREDENTIAL,
+    KINDS,
+    MAINTENANCEWINDOW,
+    NOTIFICATIONPOLICY,
+    OPSJOB,
+    OPSSCHEDULE,
+    TARGET,
+    Kind,
+)
 
 __all__ = [
     "API_VERSION",
     "CREDENTIAL",
     "GROUP",
     "KINDS",
+    "MAINTENANCEWINDOW",
     "NOTIFICATIONPOLICY",
     "OPSJOB",
     "OPSSCHEDULE",

@@ -1,4 +1,4 @@
-"""The four custom resource kinds: names, printer columns and rules that live above the spec.
+"""The custom resource kinds: names, printer columns and rules that live above the spec.
 
 ``opsconductor.crdgen`` turns each :class:`Kind` into a CustomResourceDefinition; handlers use
 the same objects for group/version/plural, so names are defined once.
@@ -13,7 +13,12 @@ from opsconductor.api._base import GROUP, VERSION, ApiModel, cel
 from opsconductor.api.credential import CredentialSpec, CredentialStatus
 from opsconductor.api.notification import NotificationPolicySpec, NotificationPolicyStatus
 from opsconductor.api.opsjob import OpsJobSpec, OpsJobStatus
-from opsconductor.api.opsschedule import OpsScheduleSpec, OpsScheduleStatus
+from opsconductor.api.opsschedule import (
+    MaintenanceWindowSpec,
+    MaintenanceWindowStatus,
+    OpsScheduleSpec,
+    OpsScheduleStatus,
+)
 from opsconductor.api.target import TargetSpec, TargetStatus
 
 CATEGORY = "opsconductor"
@@ -163,4 +168,18 @@ NOTIFICATIONPOLICY = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (TARGET, CREDENTIAL, OPSJOB, OPSSCHEDULE, NOTIFICATIONPOLICY)
+MAINTENANCEWINDOW = Kind(
+    kind="MaintenanceWindow",
+    plural="maintenancewindows",
+    short_names=("mw",),
+    spec=MaintenanceWindowSpec,
+    status=MaintenanceWindowStatus,
+    description="Blackout and allowed windows that OpsSchedules share by reference.",
+    columns=(
+        PrinterColumn("TimeZone", ".spec.timeZone"),
+        PrinterColumn("Description", ".spec.description"),
+        AGE,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (TARGET, CREDENTIAL, OPSJOB, OPSSCHEDULE, MAINTENANCEWINDOW, NOTIFICATIONPOLICY)

@@ -61,6 +61,16 @@ class TimeWindow(ApiModel):
     """IANA time zone of the window (default: the schedule's)."""
 
 
+class WindowRef(ApiModel):
+    """A shared MaintenanceWindow the schedule also obeys."""
+
+    name: ObjectName
+    """The MaintenanceWindow's name."""
+    scope: Literal["Namespace", "Cluster"] = "Namespace"
+    """Namespace: in the schedule's namespace. Cluster: in the operator's shared-windows namespace
+    (``OPSCONDUCTOR_SHARED_WINDOWS_NAMESPACE``, default opsconductor-system), for windows every team obeys."""
+
+
 class MaintenanceWindows(ApiModel):
     """When fires may run."""
 
@@ -70,6 +80,8 @@ class MaintenanceWindows(ApiModel):
     """If set, fires run only inside one of these windows (outside: per ``blackoutPolicy``)."""
     blackout_policy: Literal["Skip", "Defer"] = "Skip"
     """Skip the fire, or defer it to the window's end."""
+    refs: Annotated[list[WindowRef], Field(max_length=8)] | None = None
+    """Shared MaintenanceWindows whose blackout and allowed windows add to these."""
 
 
 class JobTemplateMetadata(ApiModel):
@@ -187,7 +199,38 @@ class OpsScheduleStatus(CommonStatus):
     """Number of runs in progress (printer column)."""
     last_result: Literal["Succeeded", "Failed", "Cancelled"] | None = None
     """Outcome of the last finished run."""
+    evaluated_time: datetime | None = None
+    """Fires up to this instant are decided (run, skipped, or superseded by an edit); after a restart
+    missed-run handling starts after it."""
+    last_trigger: Annotated[str, Field(max_length=256)] | None = None
+    """The last manual trigger token handled (``opsconductor.io/trigger`` annotation)."""
     consecutive_failures: Annotated[int, Field(ge=0)] = 0
     """Failed runs in a row (escalation rules use it)."""
     last_counted_run: CountedRun | None = None
     """The run last counted into ``consecutiveFailures`` (written by the notifier)."""
+
+
+class MaintenanceWindowSpec(ApiModel):
+    """A set of windows shared by several OpsSchedules (referenced from ``spec.windows.refs``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "has(self.blackout) || has(self.allowed)",
+                "a MaintenanceWindow needs blackout or allowed windows",
+            ),
+        )
+    )
+
+    description: Annotated[str, Field(max_length=1024)] | None = None
+    """What the windows are for (shown in Events)."""
+    time_zone: Annotated[str, Field(max_length=64, pattern=TIME_ZONE)] = "UTC"
+    """IANA time zone of windows that set none."""
+    blackout: Annotated[list[TimeWindow], Field(max_length=16)] | None = None
+    """Fires inside these windows are skipped or deferred (per the schedule's ``blackoutPolicy``)."""
+    allowed: Annotated[list[TimeWindow], Field(max_length=16)] | None = None
+    """Fires run only inside one of these."""
+
+
+class MaintenanceWindowStatus(CommonStatus):
+    """The observed state of a MaintenanceWindow (the operator writes nothing here yet)."""

@@ -17,8 +17,8 @@ import kopf
 from kubernetes.client import V1DeleteOptions, V1Preconditions
 from kubernetes.client.exceptions import ApiException
 
+from opsconductor import clock, kube
 from opsconductor import conditions as c
-from opsconductor import kube
 from opsconductor.api import CREDENTIAL, OPSJOB, TARGET
 from opsconductor.builders.runner import (
     TERMINATION_GRACE_SECONDS,
@@ -27,9 +27,10 @@ from opsconductor.builders.runner import (
     build_runner_rbac,
 )
 from opsconductor.config import Config
-from opsconductor.constants import runner_pod_name
+from opsconductor.constants import LABEL_SCHEDULE, runner_pod_name
 from opsconductor.handlers.resolve import MissingReference, PlanError, plan_job
 from opsconductor.planner import build_run_plan
+from opsconductor.reconcile.dependencies import REASON_WAITING_FOR_RUN, Resolved, judge_dependencies
 from opsconductor.reconcile.opsjob import (
     TERMINAL_PHASES,
     StatusUpdate,
@@ -42,6 +43,8 @@ from opsconductor.reconcile.opsjob import (
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
 _CREATE_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="create")
+DEPENDENCY_POLL_SECONDS = 2
+"""How often an OpsJob waiting for its ``spec.after`` runs looks at them again."""
 
 
 def _post_events(job: Manifest, update: StatusUpdate) -> None:
@@ -114,6 +117,8 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
     if job["spec"].get("cancel"):
         apply_update(job, status_update(job, judge_runner(None, runner_created=False, cancel_requested=True)))
         return
+    if job["spec"].get("after") and not _dependencies_released(job):
+        return
     try:
         planned = plan_job(job)
     except PlanError as error:
@@ -156,6 +161,48 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
         {"status": {"runnerPod": pod["metadata"]["name"]}},
         None,
     )
+
+
+def _resolve_dependency(job: Manifest, dependency: Manifest) -> Resolved:
+    namespace = job["metadata"]["namespace"]
+    if dependency.get("opsJob"):
+        return Resolved(dependency, kube.read_opsjob(namespace, dependency["opsJob"]))
+    # An OpsSchedule: its first run created at or after this job (server timestamps, both).
+    created = job["metadata"]["creationTimestamp"]
+    candidates = [
+        run
+        for run in kube.list_custom(OPSJOB.plural, namespace, f"{LABEL_SCHEDULE}={dependency['opsSchedule']}")
+        if run["metadata"]["creationTimestamp"] >= created
+        and run["metadata"]["name"] != job["metadata"]["name"]
+    ]
+    candidates.sort(key=lambda run: (run["metadata"]["creationTimestamp"], run["metadata"]["name"]))
+    return Resolved(dependency, candidates[0] if candidates else None)
+
+
+def _dependencies_released(job: Manifest) -> bool:
+    """``spec.after``: True when the run may start; otherwise record waiting or failure (and retry later).
+
+    The wait is measured on the operator's clock from the job's first WaitingForRun status.
+    """
+    now = clock.now()
+    ready = next(
+        (x for x in (job.get("status") or {}).get("conditions") or [] if x.get("type") == c.READY), None
+    )
+    waiting_since = now
+    if ready and ready.get("reason") == REASON_WAITING_FOR_RUN and ready.get("lastTransitionTime"):
+        waiting_since = datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
+    resolved = [_resolve_dependency(job, d) for d in job["spec"]["after"]]
+    verdict = judge_dependencies(job, resolved, now, waiting_since)
+    if verdict.action == "start":
+        return True
+    if verdict.action == "fail":
+        apply_update(job, failure_update(job, verdict.reason, verdict.message))
+        return False
+    if not ready or ready.get("reason") != REASON_WAITING_FOR_RUN or ready.get("message") != verdict.message:
+        update = waiting_update(job, verdict.reason, verdict.message, now)
+        if not apply_update(job, update):
+            raise kopf.TemporaryError("the OpsJob changed while recording its wait", delay=1)
+    raise kopf.TemporaryError(verdict.message, delay=DEPENDENCY_POLL_SECONDS)
 
 
 def warm_up(namespaces: tuple[str, ...] = ()) -> None:
