@@ -17,6 +17,11 @@ def _env_list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
+def is_pattern(namespace: str) -> bool:
+    """Whether an ``OPSCONDUCTOR_NAMESPACES`` entry is a glob pattern (kopf accepts both)."""
+    return any(ch in namespace for ch in "*?[!")
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one operator process.

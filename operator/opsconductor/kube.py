@@ -15,6 +15,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from opsconductor.api import GROUP, OPSJOB, VERSION
+from opsconductor.config import is_pattern
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -199,6 +200,18 @@ def list_custom(plural: str, namespace: str, label_selector: str | None = None) 
         ),
     )
     return list(result.get("items", []))
+
+
+def list_custom_watched(plural: str, namespaces: tuple[str, ...]) -> list[Manifest]:
+    """List one of our kinds in the watched namespaces.
+
+    One list per namespace when they are exact names (RBAC may be granted per namespace only),
+    else one cluster-wide list (cluster-wide operator, or glob patterns).
+    """
+    if namespaces and not any(is_pattern(ns) for ns in namespaces):
+        return [item for namespace in namespaces for item in list_custom(plural, namespace)]
+    response = custom().list_cluster_custom_object(GROUP, VERSION, plural)
+    return list(response.get("items", [])) if isinstance(response, dict) else []
 
 
 def get_custom(plural: str, namespace: str, name: str) -> Manifest | None:

@@ -45,6 +45,7 @@ from opsconductor.api.notification import (
     Recipient,
     ScheduleStreak,
 )
+from opsconductor.config import Config
 from opsconductor.constants import (
     ANNOTATION_NOTIFY_TEST,
     ANNOTATION_NOTIFY_TEST_RESULT,
@@ -280,10 +281,9 @@ class Notifier:
         self._client = httpx.AsyncClient()
         # kopf may run startup handlers side by side: make sure the client is configured.
         await asyncio.to_thread(kube.load_configuration)
-        policies = await asyncio.to_thread(
-            kube.custom().list_cluster_custom_object, GROUP, VERSION, NOTIFICATIONPOLICY.plural
+        items = await asyncio.to_thread(
+            kube.list_custom_watched, NOTIFICATIONPOLICY.plural, Config.from_env().namespaces
         )
-        items: list[Manifest] = policies.get("items", []) if isinstance(policies, dict) else []
         self._policy_namespaces |= {p["metadata"]["namespace"] for p in items}
         self._tasks = [asyncio.create_task(self._evaluator()) for _ in range(self.settings.evaluators)]
 

@@ -26,7 +26,7 @@ from opsconductor.builders.runner import (
     build_runner_pod,
     build_runner_rbac,
 )
-from opsconductor.config import Config
+from opsconductor.config import Config, is_pattern
 from opsconductor.constants import LABEL_SCHEDULE, runner_pod_name
 from opsconductor.handlers.resolve import MissingReference, PlanError, plan_job
 from opsconductor.planner import build_run_plan
@@ -213,7 +213,7 @@ def warm_up(namespaces: tuple[str, ...] = ()) -> None:
     namespace that is not a pattern (or ``default`` when watching the cluster), and a refusal (RBAC
     granted per namespace) only costs the warm-up.
     """
-    exact = [ns for ns in namespaces if not any(ch in ns for ch in "*?[!")]
+    exact = [ns for ns in namespaces if not is_pattern(ns)]
     namespace = exact[0] if exact else "default"
     try:
         for plural in (TARGET.plural, CREDENTIAL.plural, OPSJOB.plural):
