@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -48,16 +49,19 @@ def kubelet(
         process.stop()
 
 
-@pytest.fixture(scope="session")
-def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[OperatorProcess]:
-    """The operator (``python -m opsconductor``) under its least-privilege ClusterRole."""
+@contextlib.contextmanager
+def running_operator(
+    plane: ControlPlane, name: str, namespaces: str, **env: str
+) -> Iterator[OperatorProcess]:
+    """``python -m opsconductor`` watching ``namespaces``, with short test waits, stopped afterwards."""
     process = OperatorProcess(
-        control_plane,
-        # Only e2e-* namespaces: control-plane tests elsewhere see OpsJobs no operator touches.
+        plane,
+        name=name,
         env={
-            "OPSCONDUCTOR_NAMESPACES": f"{E2E_PREFIX}*",
+            "OPSCONDUCTOR_NAMESPACES": namespaces,
             "OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3",
             "OPSCONDUCTOR_RESYNC_SECONDS": "5",
+            **env,
         },
     )
     process.start()
@@ -65,6 +69,14 @@ def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[O
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, kubelet: KubeletProcess) -> Iterator[OperatorProcess]:
+    """The operator (``python -m opsconductor``) under its least-privilege ClusterRole."""
+    # Only e2e-* namespaces: control-plane tests elsewhere see OpsJobs no operator touches.
+    with running_operator(control_plane, "operator", f"{E2E_PREFIX}*") as process:
+        yield process
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from opsconductor import clock
 from opsconductor.localcluster.cluster import KubeletProcess
 from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
-from tests.conftest import fresh_namespace
+from tests.conftest import fresh_namespace, running_operator
 from tests.kube import Kubectl, wait_until
 
 SCHEDULE_PREFIX = "sched-"
@@ -60,21 +60,13 @@ def fake_clock(tmp_path_factory: pytest.TempPathFactory) -> FakeClock:
 def schedule_operator(
     control_plane: ControlPlane, kubelet: KubeletProcess, fake_clock: FakeClock
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
+    with running_operator(
         control_plane,
-        name="operator-schedule",
-        env={
-            "OPSCONDUCTOR_NAMESPACES": f"{SCHEDULE_PREFIX}*",
-            "OPSCONDUCTOR_CLOCK_FILE": str(fake_clock.path),
-            "OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3",
-            "OPSCONDUCTOR_RESYNC_SECONDS": "5",
-        },
-    )
-    process.start()
-    try:
+        "operator-schedule",
+        f"{SCHEDULE_PREFIX}*",
+        OPSCONDUCTOR_CLOCK_FILE=str(fake_clock.path),
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

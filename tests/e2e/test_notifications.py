@@ -27,7 +27,7 @@ from opsconductor.constants import LABEL_SCHEDULE
 from opsconductor.localcluster.cluster import KubeletProcess
 from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
-from tests.conftest import fresh_namespace
+from tests.conftest import fresh_namespace, running_operator
 from tests.e2e.conftest import wait_phase
 from tests.e2e.notify_servers import Receiver, SmtpServer, receiver, smtp_server
 from tests.kube import Kubectl, wait_until
@@ -58,24 +58,16 @@ def fake_now(path: Path) -> datetime:
 def notify_operator(
     control_plane: ControlPlane, kubelet: KubeletProcess, clock_file: Path
 ) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(
+    with running_operator(
         control_plane,
-        name="operator-notify",
-        env={
-            "OPSCONDUCTOR_NAMESPACES": f"{PREFIX}*",
-            "OPSCONDUCTOR_DEPENDENCY_WAIT_SECONDS": "3",
-            "OPSCONDUCTOR_RESYNC_SECONDS": "5",
-            "OPSCONDUCTOR_CLOCK_FILE": str(clock_file),
-            "OPSCONDUCTOR_NOTIFY_BACKOFF_SECONDS": "0.5",
-            "OPSCONDUCTOR_NOTIFY_MAX_ATTEMPTS": "4",
-            "OPSCONDUCTOR_NOTIFY_MAX_AGE_SECONDS": "2592000",
-        },
-    )
-    process.start()
-    try:
+        "operator-notify",
+        f"{PREFIX}*",
+        OPSCONDUCTOR_CLOCK_FILE=str(clock_file),
+        OPSCONDUCTOR_NOTIFY_BACKOFF_SECONDS="0.5",
+        OPSCONDUCTOR_NOTIFY_MAX_ATTEMPTS="4",
+        OPSCONDUCTOR_NOTIFY_MAX_AGE_SECONDS="2592000",
+    ) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
