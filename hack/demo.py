@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import time
@@ -60,6 +61,7 @@ def main() -> int:
 
     banner("starting the local control plane, the process kubelet and the operator")
     began = time.monotonic()
+    shutil.rmtree(args.dir, ignore_errors=True)  # every demo starts from an empty cluster
     cluster = LocalCluster(workdir=args.dir)
     cluster.start()
     operator = OperatorProcess(cluster.control_plane)

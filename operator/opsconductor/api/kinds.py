@@ -149,7 +149,8 @@ OPSSCHEDULE = Kind(
         PrinterColumn("Suspend", ".spec.suspend", "boolean"),
         PrinterColumn("Active", ".status.activeCount", "integer"),
         PrinterColumn("Last", ".status.lastScheduleTime", "date"),
-        PrinterColumn("Next", ".status.nextScheduleTime", "date"),
+        # A string, not a date: kubectl prints a date in the future as <invalid> (it shows ages).
+        PrinterColumn("Next", ".status.nextScheduleTime"),
         PrinterColumn("Last Result", ".status.lastResult"),
         AGE,
     ),
