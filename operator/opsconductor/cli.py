@@ -296,6 +296,16 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _object_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, ref: str
+) -> argparse.ArgumentParser:
+    """Add a subcommand about one object: ``ref`` (``kind/NAME``) and ``-n/--namespace``."""
+    command = sub.add_parser(name, help=help)
+    command.add_argument("ref", help=ref)
+    command.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="opsconductor", description="OpsConductor command line")
@@ -307,34 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-v", "--verbose", action="store_true", help="also list valid objects")
     validate.set_defaults(func=_cmd_validate)
     add_run_parser(sub)
-    results = sub.add_parser("results", help="an OpsJob's results: steps × targets with status and output")
-    results.add_argument("ref", help="opsjob/NAME")
-    results.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    results = _object_command(
+        sub, "results", "an OpsJob's results: steps × targets with status and output", "opsjob/NAME"
+    )
     results.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     results.set_defaults(func=_cmd_results)
-    rerun = sub.add_parser("rerun", help="run an OpsJob again: a new OpsJob with the same spec")
-    rerun.add_argument("ref", help="opsjob/NAME")
-    rerun.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    rerun = _object_command(
+        sub, "rerun", "run an OpsJob again: a new OpsJob with the same spec", "opsjob/NAME"
+    )
     rerun.add_argument("-w", "--wait", action="store_true", help="show progress until the run ends")
     rerun.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
     rerun.add_argument("-o", "--output", choices=["text", "name"], default="text")
     rerun.set_defaults(func=_cmd_rerun)
-    logs = sub.add_parser("logs", help="the runner pod's log of an OpsJob")
-    logs.add_argument("ref", help="opsjob/NAME")
-    logs.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    logs = _object_command(sub, "logs", "the runner pod's log of an OpsJob", "opsjob/NAME")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the runner ends")
     logs.set_defaults(func=_cmd_logs)
-    probe = sub.add_parser("probe", help="test the connection to a Target now and show its facts")
-    probe.add_argument("ref", help="target/NAME")
-    probe.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    probe = _object_command(
+        sub, "probe", "test the connection to a Target now and show its facts", "target/NAME"
+    )
     probe.add_argument("--wait", action="store_true", help="wait for the result and print it")
     probe.add_argument("--timeout", type=float, default=120, help="seconds to wait with --wait")
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     probe.set_defaults(func=_cmd_probe)
     add_notify_parser(sub)
-    trigger = sub.add_parser("trigger", help="start a run of an OpsSchedule now; prints the OpsJob's name")
-    trigger.add_argument("ref", help="opsschedule/NAME")
-    trigger.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    trigger = _object_command(
+        sub, "trigger", "start a run of an OpsSchedule now; prints the OpsJob's name", "opsschedule/NAME"
+    )
     trigger.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the run to appear")
     trigger.set_defaults(func=_cmd_trigger)
     return parser

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from opsconductor.api._base import LabelSelector
 from opsconductor.api.notification import (
     DeliveryState,
     NotificationRecord,
@@ -31,6 +30,7 @@ from opsconductor.api.notification import (
     Recipient,
     ScheduleStreak,
 )
+from opsconductor.planner import selector_matches
 
 Manifest = dict[str, Any]
 TERMINAL: dict[str, Outcome] = {"Succeeded": "Succeeded", "Failed": "Failed", "Cancelled": "Cancelled"}
@@ -110,25 +110,6 @@ def due_events(job: Manifest) -> list[Outcome]:
     if outcome and outcome not in evaluated:
         return [outcome]
     return []
-
-
-def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """``metav1.LabelSelector`` semantics."""
-    for key, expected in (selector.match_labels or {}).items():
-        if labels.get(key) != expected:
-            return False
-    for requirement in selector.match_expressions or []:
-        present = requirement.key in labels
-        value = labels.get(requirement.key)
-        if requirement.operator == "In" and value not in requirement.values:
-            return False
-        if requirement.operator == "NotIn" and value is not None and value in requirement.values:
-            return False
-        if requirement.operator == "Exists" and not present:
-            return False
-        if requirement.operator == "DoesNotExist" and present:
-            return False
-    return True
 
 
 def rule_events(rule: NotifyRule, outcome: Outcome, facts: RunFacts) -> list[Outcome]:
