@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 import threading
 import time
@@ -36,25 +35,14 @@ from typing import Any
 
 import kubernetes
 
+# The sibling benchmark (bench/ is on sys.path when a script here runs): same watcher and statistics.
+from opsjob_latency import Watcher, describe
+
 from opsconductor.localcluster.cluster import LocalCluster
 from opsconductor.localcluster.operatorprocess import OperatorProcess
 
 NAMESPACE = "bench-notify"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def describe(name: str, values: list[float]) -> str:
-    if not values:
-        return f"{name:<40} no samples"
-    return (
-        f"{name:<40} n={len(values):<4} p50={percentile(values, 0.5) * 1000:7.0f} ms  "
-        f"p99={percentile(values, 0.99) * 1000:7.0f} ms  max={max(values) * 1000:7.0f} ms"
-    )
 
 
 class Receiver:
@@ -86,41 +74,22 @@ class Receiver:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-class FinishedWatcher:
+class FinishedWatcher(Watcher):
     """``kubectl get opsjobs --watch``: when each job was first seen in a terminal phase."""
 
     def __init__(self, kubectl: list[str]) -> None:
-        self.seen: dict[str, float] = {}
         self.completion: dict[str, datetime] = {}
-        self._proc = subprocess.Popen(
-            [*kubectl, "get", "opsjobs", "-n", NAMESPACE, "--watch", "--output-watch-events", "-o", "json"],
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(kubectl, "opsjobs", NAMESPACE, self._finished)
+
+    def _finished(self, obj: dict[str, Any]) -> str | None:
+        status = obj.get("status") or {}
+        name = obj.get("metadata", {}).get("name")
+        if status.get("phase") not in TERMINAL or not name:
+            return None
+        self.completion.setdefault(
+            name, datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
         )
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        decoder = json.JSONDecoder()
-        buffer = ""
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            buffer += line
-            try:
-                event, end = decoder.raw_decode(buffer.strip())
-            except ValueError:
-                continue
-            buffer = buffer.strip()[end:]
-            obj = event.get("object", {})
-            status = obj.get("status") or {}
-            name = obj.get("metadata", {}).get("name")
-            if status.get("phase") in TERMINAL and name not in self.seen:
-                self.seen[name] = time.monotonic()
-                self.completion[name] = datetime.fromisoformat(
-                    status["completionTime"].replace("Z", "+00:00")
-                )
-
-    def stop(self) -> None:
-        self._proc.terminate()
+        return str(name)
 
 
 def channel(name: str, kind: str, url: str) -> list[dict[str, Any]]:

@@ -36,9 +36,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def describe(name: str, values: list[float]) -> str:
     if not values:
-        return f"{name:<38} no samples"
+        return f"{name:<40} no samples"
     return (
-        f"{name:<38} n={len(values):<4} p50={percentile(values, 0.5) * 1000:7.0f} ms  "
+        f"{name:<40} n={len(values):<4} p50={percentile(values, 0.5) * 1000:7.0f} ms  "
         f"p99={percentile(values, 0.99) * 1000:7.0f} ms  max={max(values) * 1000:7.0f} ms"
     )
 

@@ -27,6 +27,18 @@ class RecordingServer:
 
 
 @contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on a free loopback port in a thread; yield its base URL, stop afterwards."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@contextmanager
 def recording_server(status: int = 200) -> Iterator[RecordingServer]:
     """Run a RecordingServer on 127.0.0.1 for the duration of the block."""
     server_ref: list[RecordingServer] = []
@@ -53,12 +65,6 @@ def recording_server(status: int = 200) -> Iterator[RecordingServer]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server_ref.append(RecordingServer(url=f"http://127.0.0.1:{httpd.server_address[1]}"))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as url:
+        server_ref.append(RecordingServer(url=url))
         yield server_ref[0]
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
