@@ -35,6 +35,8 @@ from pathlib import Path
 
 import kubernetes
 
+from opsconductor import kube
+from opsconductor.api import GROUP, VERSION
 from opsconductor.localcluster.cluster import install_crds
 from opsconductor.localcluster.controlplane import ControlPlane
 from opsconductor.localcluster.operatorprocess import OperatorProcess
@@ -169,6 +171,41 @@ def check(
     return f"{name:<28} expected={len(owners) * len(minutes)}  missed={missed}  duplicates={duplicates}"
 
 
+def burst_floor(plane: ControlPlane, count: int) -> None:
+    """Print how long ``count`` OpsJob creates issued at once take with nothing else going on.
+
+    The same create call and thread count as the scheduler's fire path, in a namespace the operator
+    does not watch: the floor under the fire lag on this machine (API server and client CPU).
+    """
+    kubernetes.config.load_kube_config(config_file=str(plane.admin_kubeconfig))
+    body = opsschedule(0)["spec"]["jobTemplate"]["spec"]
+    apiserver_pid = next(p.popen.pid for p in plane._processes if p.name == "kube-apiserver")
+    cpu_before, client_before, began = cpu_seconds(apiserver_pid), time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(48) as pool:
+        list(
+            pool.map(
+                lambda i: kube.create_custom(
+                    "opsjobs",
+                    "bench-create-cost",
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "OpsJob",
+                        "metadata": {"name": f"burst{i}"},
+                        "spec": body,
+                    },
+                ),
+                range(count),
+            )
+        )
+    wall = time.perf_counter() - began
+    apiserver_cpu = cpu_seconds(apiserver_pid) - cpu_before
+    client_cpu = time.process_time() - client_before
+    print(
+        f"{count} OpsJob creates at once (48 threads, nothing watching): {wall:.2f}s; "
+        f"API server CPU {apiserver_cpu:.2f}s, client CPU {client_cpu:.2f}s"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
@@ -222,6 +259,7 @@ def run(plane: ControlPlane, operator: OperatorProcess, count: int, minutes: int
         costs["Job"].append(time.perf_counter() - began)
     for kind, values in costs.items():
         print(describe(f"one {kind} create (sequential)", values))
+    burst_floor(plane, count)
 
     opsjobs = Recorder(
         "OpsSchedule -> OpsJob",

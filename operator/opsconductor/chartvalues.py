@@ -120,6 +120,16 @@ class PodDisruptionBudgetValues(Values):
     """Pods that may be down at once during voluntary disruptions."""
 
 
+class ApiPriorityValues(Values):
+    """API Priority and Fairness: how the API server queues the operator's requests."""
+
+    enabled: bool = True
+    """Create a FlowSchema for the operator's ServiceAccount. Without it the operator shares the
+    workload-low level with every other service account, and a burst of scheduled runs can queue."""
+    priority_level: KubernetesName = "workload-high"
+    """PriorityLevelConfiguration of the operator's requests (workload-high: kube-controller-manager's)."""
+
+
 class UserRolesValues(Values):
     """The opsconductor-admin / -operator / -viewer ClusterRoles for people."""
 
@@ -166,6 +176,8 @@ class ChartValues(Values):
     """PodDisruptionBudget."""
     user_roles: UserRolesValues = UserRolesValues()
     """ClusterRoles for people."""
+    api_priority: ApiPriorityValues = ApiPriorityValues()
+    """API Priority and Fairness."""
     record_creator: bool = True
     """Stamp every new OpsJob with the user that created it (annotation opsconductor.io/created-by), by a
     MutatingAdmissionPolicy the API server runs (Kubernetes 1.36+, no webhook)."""

@@ -246,12 +246,38 @@ def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
     return dict(_json_body(response).get("data") or {})
 
 
+CREATE_TIMEOUT_SECONDS = 30.0
+
+
 def create_custom(plural: str, namespace: str, body: Manifest) -> Manifest:
-    """Create one of our objects; returns it as created (409 and other errors raise ``ApiException``)."""
-    response = custom().create_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, body, _preload_content=False
+    """Create one of our objects; returns it as created (409 and other errors raise ``ApiException``).
+
+    This is the scheduler's hot path (hundreds of creates at one instant), so it skips the generated
+    client: that spends about 4 ms of CPU per call on parameter handling and serialisation, while the
+    API server spends about as much on the create itself (``bench/schedule_lag.py``). The request
+    goes through the same client's connection pool, TLS settings and credentials (a bearer token
+    is read through the configuration, which refreshes in-cluster tokens).
+    """
+    client = _api_client()
+    configuration = client.configuration
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": client.user_agent,
+    }
+    token = configuration.get_api_key_with_prefix("authorization")
+    if token:
+        headers["Authorization"] = token
+    response = client.rest_client.pool_manager.request(
+        "POST",
+        f"{configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}",
+        body=json.dumps(body).encode(),
+        headers=headers,
+        timeout=CREATE_TIMEOUT_SECONDS,
     )
-    return _json_body(response)
+    if not 200 <= response.status < 300:
+        raise ApiException(http_resp=response)
+    return cast(Manifest, json.loads(response.data))
 
 
 def post_event(obj: Manifest, event_type: str, reason: str, message: str, when: datetime) -> None:

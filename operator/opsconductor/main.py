@@ -7,7 +7,6 @@ not posted as Events (we post our own, on meaningful changes only).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from opsconductor.api import GROUP, OPSJOB, OPSSCHEDULE, VERSION
 from opsconductor.config import Config
 from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB, LABEL_SCHEDULE
 from opsconductor.handlers import opsjob, opsschedule
+from opsconductor.handlers.opsjob_upkeep import JobUpkeep
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
 CONFIG = Config.from_env()
@@ -53,6 +53,7 @@ def _is_active(status: kopf.Status, **_: Any) -> bool:
 @metrics.counting_errors("OpsJob")
 def start_opsjob(body: kopf.Body, retry: int, **_: Any) -> None:
     """Plan a new (or, after a restart, unfinished) OpsJob and start its runner."""
+    opsschedule.scheduler().wait_until_idle()  # a burst of scheduled fires is created first
     opsjob.start_runner(dict(body), CONFIG, retry)
 
 
@@ -72,37 +73,36 @@ def runner_pod_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["labels"][LABEL_JOB], pod)
 
 
-@kopf.timer(
-    GROUP, VERSION, OPSJOB.plural, interval=CONFIG.resync_seconds, idle=CONFIG.resync_seconds, when=_is_active
+# Resync and TTL run in one upkeep thread, not as kopf timers and daemons: those would put a finalizer
+# on every OpsJob (three more writes per run). See handlers/opsjob_upkeep.py.
+UPKEEP = JobUpkeep(
+    CONFIG.resync_seconds,
+    resync=metrics.counting_errors("OpsJob")(opsjob.sync_with_runner),
+    expire=metrics.counting_errors("OpsJob")(
+        lambda namespace, name, uid: opsjob.delete_expired(
+            {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+        )
+    ),
 )
-@metrics.counting_errors("OpsJob")
-def resync_opsjob(body: kopf.Body, **_: Any) -> None:
-    """Safety net for missed pod events (e.g. a pod deleted while the operator was down)."""
-    if (body.get("status") or {}).get("runnerPod"):
-        opsjob.sync_with_runner(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
-def _expires(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """``when=`` filter (kopf's ``WhenFilterFn``): the OpsJob finished and has a TTL."""
-    return (
-        spec.get("ttlSecondsAfterFinished") is not None
-        and (status.get("phase") if status else None) in TERMINAL_PHASES
-    )
+@kopf.on.startup()
+def start_upkeep(**_: Any) -> None:
+    """Start the OpsJob upkeep thread (after ``configure`` loaded the client configuration)."""
+    UPKEEP.start()
 
 
-@kopf.daemon(GROUP, VERSION, OPSJOB.plural, id="ttl", when=_expires, cancellation_timeout=1)
-async def expire_opsjob(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Delete a finished OpsJob ``ttlSecondsAfterFinished`` after it completed."""
-    delay = opsjob.seconds_until_expiry(dict(body))
-    if delay > 0 and await stopped.wait(delay):
-        return
-    await asyncio.to_thread(opsjob.delete_expired, dict(body))
+@kopf.on.cleanup()
+def stop_upkeep(**_: Any) -> None:
+    """Stop the OpsJob upkeep thread."""
+    UPKEEP.stop()
 
 
-@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="metrics")
-def count_opsjob(body: kopf.Body, **_: Any) -> None:
-    """Count finished runs for the metrics endpoint (outside the reconcile path)."""
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="observe")
+def opsjob_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Every OpsJob event: count finished runs for metrics, keep the upkeep table current."""
     metrics.observe_opsjob(dict(body))
+    UPKEEP.observe(dict(body), deleted=type == "DELETED")
 
 
 # --- Target probes and Credential validation (docs/targets.md, docs/credentials.md) ----------------

@@ -139,6 +139,65 @@ def user_cluster_roles(aggregate: bool = True) -> list[dict[str, Any]]:
     return roles
 
 
+OPERATOR_FLOW_SCHEMA = "opsconductor-controller"
+"""The operator's FlowSchema outside Helm (the chart names it after the release)."""
+OPERATOR_PRIORITY_LEVEL = "workload-high"
+"""API Priority and Fairness level of the operator's requests: kube-controller-manager's built-in
+level. Without a FlowSchema a service account lands in ``workload-low`` (shared with every other
+workload) and a plain user in ``global-default``, where a burst of scheduled runs queues."""
+OPERATOR_FLOW_PRECEDENCE = 1000
+"""After the built-in system and controller FlowSchemas (up to 900), before ``service-accounts``."""
+
+
+def operator_flow_schema(
+    user: str | None = None,
+    service_account: tuple[str, str] | None = None,
+    priority_level: str = OPERATOR_PRIORITY_LEVEL,
+) -> dict[str, Any]:
+    """Build the FlowSchema that gives the operator's requests their API priority level.
+
+    Args:
+        user: the operator's user name (tests and the local control plane).
+        service_account: or its ServiceAccount (namespace, name), as the Helm chart installs it.
+        priority_level: the PriorityLevelConfiguration to use.
+    """
+    subjects: list[dict[str, Any]] = []
+    if user:
+        subjects.append({"kind": "User", "user": {"name": user}})
+    if service_account:
+        subjects.append(
+            {
+                "kind": "ServiceAccount",
+                "serviceAccount": {"namespace": service_account[0], "name": service_account[1]},
+            }
+        )
+    return {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": OPERATOR_FLOW_SCHEMA},
+        "spec": {
+            "priorityLevelConfiguration": {"name": priority_level},
+            "matchingPrecedence": OPERATOR_FLOW_PRECEDENCE,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": subjects,
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "namespaces": ["*"],
+                            "clusterScope": True,
+                        }
+                    ],
+                    "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                }
+            ],
+        },
+    }
+
+
 def operator_cluster_role(name: str = OPERATOR_CLUSTER_ROLE) -> dict[str, Any]:
     """Build the operator's ClusterRole."""
     return {

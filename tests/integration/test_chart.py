@@ -132,6 +132,9 @@ def test_chart_renders_and_the_api_server_accepts_it(
         )
         granted = {r for rule in cluster_role["rules"] for r in rule["resources"]}
         assert granted == rbac.CLUSTER_SCOPED_RESOURCES  # nothing namespaced is granted cluster-wide
+    flow_schema = next(d for d in docs if d["kind"] == "FlowSchema")
+    expected = rbac.operator_flow_schema(service_account=(namespace, pod["serviceAccountName"]))
+    assert flow_schema["spec"] == expected["spec"]  # the chart's FlowSchema is rbac.py's
     if value_set == "minimal":
         assert "OPSCONDUCTOR_METRICS_ADDRESS" not in env
         assert not [d for d in docs if d["kind"] in ("Service", "ServiceAccount", "PodDisruptionBudget")]

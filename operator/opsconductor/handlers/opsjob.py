@@ -244,12 +244,6 @@ def cancel_runner(job: Manifest) -> None:
     sync_with_runner(meta["namespace"], meta["name"])
 
 
-def seconds_until_expiry(job: Manifest) -> float:
-    """Seconds until a finished job's ``ttlSecondsAfterFinished`` runs out (<= 0: expired)."""
-    completed = datetime.fromisoformat(job["status"]["completionTime"].replace("Z", "+00:00"))
-    return float(job["spec"]["ttlSecondsAfterFinished"]) - (datetime.now(UTC) - completed).total_seconds()
-
-
 def delete_expired(job: Manifest) -> None:
     """Delete the job (only this incarnation of it: the uid is a precondition)."""
     meta = job["metadata"]

@@ -55,6 +55,8 @@ REASON_DEPENDENCY_CYCLE = "DependencyCycle"
 REASON_WINDOW_NOT_FOUND = "WindowNotFound"
 REASON_RUN_CREATE_FAILED = "RunCreateFailed"
 FAKE_CLOCK_POLL_SECONDS = 0.2
+BURST_YIELD_SECONDS = 2.0
+"""How long follow-up work (starting runs, status writes) waits for a burst of fires to be created."""
 SHARED_WINDOW_CACHE_SECONDS = 10.0
 
 
@@ -140,6 +142,9 @@ class Scheduler:
         self._window_cache: dict[Key, tuple[float, Manifest | None]] = {}
         self._dependents: dict[Key, set[str]] = {}
         """(namespace, upstream schedule) -> names of the schedules that run after it."""
+        self._in_flight = 0
+        """Evaluations taken off the heap and not finished yet (queued or creating runs)."""
+        self._idle = threading.Condition()
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -177,7 +182,31 @@ class Scheduler:
                 entry = self._entries.get(key)
                 if entry is None or entry.token != token:
                     continue  # superseded by a later wake-up of the same schedule
-            self._fire_pool.submit(self._evaluate_safely, entry)
+            with self._idle:
+                self._in_flight += 1
+            self._fire_pool.submit(self._evaluate_counted, entry)
+
+    def _evaluate_counted(self, entry: Entry) -> None:
+        try:
+            self._evaluate_safely(entry)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.notify_all()
+
+    def wait_until_idle(self, timeout: float = BURST_YIELD_SECONDS) -> bool:
+        """Block while evaluations are queued or creating runs, at most ``timeout`` seconds.
+
+        Hundreds of schedules can fire at the same instant. Their creates go first: starting the runs
+        they create and writing the schedules' status wait here, so the API server is not busy with
+        follow-up writes while later fires of the same instant are still being created.
+
+        Returns:
+            Whether the scheduler was idle (False: the timeout passed first).
+        """
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     # --- inputs from kopf -------------------------------------------------------------------
     def upsert(self, body: Manifest) -> None:
@@ -474,6 +503,7 @@ class Scheduler:
         body = rs.build_run(entry.body, name, fire, started_by, attempt, retry_of, extra_after)
         # Known before it exists: a run that ends before the create call returns is still seen to end.
         entry.runs.setdefault(name, rs.run_info(body))
+        call_began = clock.now()
         try:
             created = kube.create_custom(OPSJOB.plural, entry.namespace, body)
         except ApiException as error:
@@ -497,11 +527,12 @@ class Scheduler:
             lag = (clock.now() - fire).total_seconds()
             metrics.SCHEDULE_LAG.labels(entry.namespace).observe(max(0.0, lag))
             log.info(
-                "created run %s/%s (fire %s, %.0f ms after it)",
+                "created run %s/%s (fire %s, %.0f ms after it; call began at %.0f ms)",
                 entry.namespace,
                 name,
                 _stamp(fire),
                 lag * 1000,
+                (call_began - fire).total_seconds() * 1000,
             )
         entry.create_error = None
         known = entry.runs.get(name)
@@ -565,6 +596,7 @@ class Scheduler:
 
     def _guarded(self, what: str, entry: Entry, *steps: Callable[[Entry], None]) -> None:
         """Run follow-up steps; API errors are logged in one line (the next evaluation tries again)."""
+        self.wait_until_idle()
         try:
             for step in steps:
                 step(entry)

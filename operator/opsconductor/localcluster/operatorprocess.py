@@ -26,7 +26,7 @@ from opsconductor.localcluster.controlplane import (
     terminate,
     wait_for,
 )
-from opsconductor.rbac import operator_cluster_role, operator_cluster_role_binding
+from opsconductor.rbac import operator_cluster_role, operator_cluster_role_binding, operator_flow_schema
 
 OPERATOR_USER = "opsconductor-operator"
 
@@ -49,8 +49,12 @@ class OperatorProcess:
         return self.plane.logs_dir / f"{self.name}.log"
 
     def install_rbac(self) -> None:
-        """Apply the operator's ClusterRole and bind it to the operator's user."""
-        manifests = [operator_cluster_role(), operator_cluster_role_binding(user=OPERATOR_USER)]
+        """Apply the operator's ClusterRole, bind it to the operator's user, and set its API priority."""
+        manifests = [
+            operator_cluster_role(),
+            operator_cluster_role_binding(user=OPERATOR_USER),
+            operator_flow_schema(user=OPERATOR_USER),
+        ]
         admin_kubectl(self.plane, "apply", "-f", "-", input="\n---\n".join(json.dumps(m) for m in manifests))
 
     def start(self, timeout: float = 60.0) -> None:
