@@ -57,11 +57,26 @@ def start_opsjob(body: kopf.Body, retry: int, **_: Any) -> None:
     opsjob.start_runner(dict(body), CONFIG, retry)
 
 
-@kopf.on.field(GROUP, VERSION, OPSJOB.plural, field="spec.cancel", new=True, id="cancel")
+def _cancel_requested(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """``when=`` filter: ``spec.cancel`` is set on a job whose runner was started and has not finished.
+
+    A job cancelled before its runner started is recorded Cancelled by ``start_opsjob``.
+    """
+    return (
+        bool(spec.get("cancel"))
+        and bool(status.get("runnerPod"))
+        and (status.get("phase") if status else None) not in TERMINAL_PHASES
+    )
+
+
+# An event handler, not a kopf field handler: field handlers cost a bookkeeping patch per change.
+# cancel_runner is idempotent (a runner pod already being deleted is left to finish).
+@kopf.on.event(GROUP, VERSION, OPSJOB.plural, id="cancel", when=_cancel_requested)
 @metrics.counting_errors("OpsJob")
-def cancel_opsjob(body: kopf.Body, **_: Any) -> None:
+def cancel_opsjob(body: kopf.Body, type: str | None, **_: Any) -> None:
     """``spec.cancel: true``: stop the runner and its remote commands."""
-    opsjob.cancel_runner(dict(body))
+    if type != "DELETED":
+        opsjob.cancel_runner(dict(body))
 
 
 @kopf.on.event("v1", "pods", labels={LABEL_COMPONENT: COMPONENT_RUNNER, LABEL_JOB: kopf.PRESENT})

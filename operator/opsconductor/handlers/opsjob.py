@@ -233,7 +233,11 @@ def cancel_runner(job: Manifest) -> None:
     if (job.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return
     pod = kube.read_pod(meta["namespace"], runner_pod_name(meta["name"]))
-    if pod is not None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+    if (
+        pod is not None
+        and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        and not pod["metadata"].get("deletionTimestamp")  # already stopping: cancelled before
+    ):
         kopf.event(
             job,  # type: ignore[arg-type]  # a plain dict: see _post_events
             type="Normal",
