@@ -247,6 +247,7 @@ def config_map_data(namespace: str, name: str) -> dict[str, str] | None:
 
 
 CREATE_TIMEOUT_SECONDS = 30.0
+"""How long :func:`create_custom` waits for the API server (the generated client sets no timeout)."""
 
 
 def create_custom(plural: str, namespace: str, body: Manifest) -> Manifest:

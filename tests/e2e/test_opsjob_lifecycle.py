@@ -191,7 +191,7 @@ def test_an_operator_restart_mid_run_completes_the_run_once(
         # Events are posted asynchronously: let the first operator post Started before it dies, so
         # the count below checks that the restarted one does not post it again.
         wait_until(lambda: ("Normal", "Started") in events_for(k, "survivor"), what="the Started event")
-        # Running, with its resync due (5 s in tests): still no finalizer (upkeep runs without one).
+        # Running and no finalizer: kopf timers and daemons would have added one when the job was created.
         running = json.loads(k.run("get", "opsjob", "survivor", "-o", "json").stdout)
         assert running["status"]["phase"] == "Running" and "finalizers" not in running["metadata"]
         operator.kill()
