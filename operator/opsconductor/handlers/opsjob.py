@@ -58,14 +58,19 @@ def apply_update(job: Manifest, update: StatusUpdate | None) -> bool:
     """Patch the status (guarded by resourceVersion) and post the transition's Events.
 
     Returns:
-        False when the job changed underneath (the caller re-reads and decides again).
+        False when the job changed underneath or is gone (the caller re-reads and decides again).
     """
     if update is None:
         return True
     meta = job["metadata"]
-    applied = kube.patch_status(
-        OPSJOB.plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"]
-    )
+    try:
+        applied = kube.patch_status(
+            OPSJOB.plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"]
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        applied = False  # deleted since it was read (its namespace may be going away)
     if applied:
         _post_events(job, update)
     return applied
@@ -140,7 +145,9 @@ def start_runner(job: Manifest, config: Config, retry: int) -> None:
         return
 
     # Pending with its conditions first (guarded by resourceVersion like every transition).
-    apply_update(job, status_update(job, judge_runner(None, runner_created=False, cancel_requested=False)))
+    pending = status_update(job, judge_runner(None, runner_created=False, cancel_requested=False))
+    if not apply_update(job, pending) and kube.read_opsjob(meta["namespace"], meta["name"]) is None:
+        return  # deleted while it was being started
     runner = job["spec"].get("runner") or {}
     rbac = [] if runner.get("serviceAccountName") else build_runner_rbac(job)
     pod = build_runner_pod(job, config, planned.secrets, planned.config_maps)
