@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from opsconductor import kube, metrics
+from opsconductor import kopfpatches, kube, metrics
 from opsconductor.api import GROUP, OPSJOB, OPSSCHEDULE, VERSION
 from opsconductor.config import Config
 from opsconductor.constants import COMPONENT_RUNNER, LABEL_COMPONENT, LABEL_JOB, LABEL_SCHEDULE
@@ -21,6 +21,7 @@ from opsconductor.handlers.opsjob_upkeep import JobUpkeep
 from opsconductor.reconcile.opsjob import TERMINAL_PHASES
 
 CONFIG = Config.from_env()
+kopfpatches.apply()
 
 
 @kopf.on.startup()
