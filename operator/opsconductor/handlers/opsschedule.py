@@ -58,6 +58,8 @@ FAKE_CLOCK_POLL_SECONDS = 0.2
 BURST_YIELD_SECONDS = 2.0
 """How long follow-up work (starting runs, status writes) waits for a burst of fires to be created."""
 SHARED_WINDOW_CACHE_SECONDS = 10.0
+FIRE_THREADS = 48
+"""Evaluations (and their create calls) in flight at once: enough to keep both API server cores busy."""
 
 
 def _stamp(instant: datetime) -> str:
@@ -129,7 +131,9 @@ class Entry:
 class Scheduler:
     """The process-wide scheduler (one per operator)."""
 
-    def __init__(self, shared_windows_namespace: str = "opsconductor-system", fire_threads: int = 48) -> None:
+    def __init__(
+        self, shared_windows_namespace: str = "opsconductor-system", fire_threads: int = FIRE_THREADS
+    ) -> None:
         self.shared_windows_namespace = shared_windows_namespace
         self._entries: dict[Key, Entry] = {}
         self._heap: list[tuple[datetime, int, Key, int]] = []
