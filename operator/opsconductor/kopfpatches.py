@@ -9,7 +9,8 @@ a watch, which lists them again before watching. Events of that second listing h
 ``observation.process_discovered_namespace_event`` drops every event without a type. A namespace
 created between the two listings (or while the watch re-lists after an expired resource version) is
 therefore never served: its objects get no handlers until the namespace itself changes, which for a
-test namespace is its deletion. Seen as a first e2e test whose OpsJob stayed untouched for 90 s.
+test namespace is its deletion. Seen in a test run: the first e2e test's namespace was created as
+the operator started, and the operator saw its OpsJob only 90 s later, when the namespace was deleted.
 The fix treats the watch's listing like the first listing (adding a namespace twice is harmless).
 It can go when kopf processes typeless namespace events itself.
 """
