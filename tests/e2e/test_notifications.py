@@ -483,6 +483,12 @@ def test_operator_restart_after_sending_sends_nothing_twice_and_resumes_pending(
     wait_records(k, "first", {"Sent"})
     k.apply(failing_job("pending", "[{events: [Failed], channelRef: {name: later}}]"))
     hooks.wait_for(f"/{k.namespace}/later", 1)
+    # Crash only once the failed attempt is in status: the receiver answering is not yet the operator
+    # recording it, and a crash in between would leave an honest record of no attempt at all.
+    wait_until(
+        lambda: any(r.get("attempts", 0) >= 1 for r in records(k, "pending")),
+        what="the failed attempt recorded in the pending job's status",
+    )
     notify_operator.kill()
     hooks.fail[f"/{k.namespace}/later"] = 0
     notify_operator.start()
