@@ -25,6 +25,7 @@ the real OpsJob CRD and with a twin CRD without validation rules (:func:`burst_f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -244,7 +245,7 @@ def burst_floor(plane: ControlPlane, count: int, rounds: int = 2) -> float:
             with ThreadPoolExecutor(FIRE_THREADS) as pool:
                 list(
                     pool.map(
-                        kube.create_custom, [OPSJOB.plural] * size, [namespace] * size, bodies, [group] * size
+                        functools.partial(kube.create_custom, OPSJOB.plural, namespace, group=group), bodies
                     )
                 )
             if round_ < 0:
